@@ -1,0 +1,1 @@
+"""phonehome analyzer layer."""

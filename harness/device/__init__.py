@@ -1,0 +1,1 @@
+"""phonehome device layer."""

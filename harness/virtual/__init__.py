@@ -1,0 +1,1 @@
+"""phonehome virtual layer."""

@@ -1,0 +1,1 @@
+"""The gate: scenarios users run against their phones (`pytest --device SERIAL`)."""
