@@ -6,6 +6,7 @@ field, so a schema is a few obvious lines of code in the module that owns it.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,15 +25,15 @@ class Node:
     """A YAML value with where it stands: `path` is the file, `field` the dotted key path."""
 
     value: Any  # str | int | float | bool | None | list[Node] | dict[str, Node]
-    path: str
-    line: int
-    field: str
+    path: builtins.str
+    line: builtins.int
+    field: builtins.str
 
-    def error(self, message: str) -> ConfigError:
+    def error(self, message: builtins.str) -> ConfigError:
         return ConfigError(self.path, self.line, self.field or None, message)
 
     # --- mappings -------------------------------------------------------------------------
-    def mapping(self, allowed: set[str] | None = None) -> dict[str, Node]:
+    def mapping(self, allowed: set[builtins.str] | None = None) -> dict[builtins.str, Node]:
         """This node as a mapping; with `allowed`, any other key is an error naming it."""
         if not isinstance(self.value, dict):
             raise self.error(f"expected a mapping, got {_type_name(self.value)}")
@@ -42,58 +43,58 @@ class Node:
                     raise child.error(f"unknown key (allowed: {', '.join(sorted(allowed))})")
         return dict(self.value)
 
-    def get(self, key: str) -> Node | None:
+    def get(self, key: builtins.str) -> Node | None:
         return self.mapping().get(key)
 
-    def require(self, key: str) -> Node:
+    def require(self, key: builtins.str) -> Node:
         child = self.mapping().get(key)
         if child is None:
             raise self.error(f"missing required key '{key}'")
         return child
 
-    def str(self, key: str, default: Any = _MISSING) -> str:
+    def str(self, key: builtins.str, default: Any = _MISSING) -> builtins.str:
         return self._typed(key, str, "a string", default)
 
-    def int(self, key: str, default: Any = _MISSING) -> int:
+    def int(self, key: builtins.str, default: Any = _MISSING) -> builtins.int:
         return self._typed(key, int, "an integer", default)
 
-    def number(self, key: str, default: Any = _MISSING) -> float:
+    def number(self, key: builtins.str, default: Any = _MISSING) -> float:
         node = self._child(key, default)
         if node is None:
-            return default  # type: ignore[no-any-return]
+            return default
         if isinstance(node.value, bool) or not isinstance(node.value, (int, float)):
             raise node.error(f"expected a number, got {_type_name(node.value)}")
         return float(node.value)
 
-    def bool(self, key: str, default: Any = _MISSING) -> bool:
+    def bool(self, key: builtins.str, default: Any = _MISSING) -> builtins.bool:
         return self._typed(key, bool, "true or false", default)
 
-    def list(self, key: str, default: Any = _MISSING) -> list[Node]:
+    def list(self, key: builtins.str, default: Any = _MISSING) -> builtins.list[Node]:
         node = self._child(key, default)
         if node is None:
-            return default  # type: ignore[no-any-return]
+            return default
         return node.items()
 
-    def str_list(self, key: str, default: Any = _MISSING) -> list[str]:
+    def str_list(self, key: builtins.str, default: Any = _MISSING) -> builtins.list[builtins.str]:
         node = self._child(key, default)
         if node is None:
-            return default  # type: ignore[no-any-return]
+            return default
         if isinstance(node.value, str):
             return [node.value]
         return [item.as_str() for item in node.items()]
 
     # --- scalars and sequences ------------------------------------------------------------
-    def items(self) -> list[Node]:
+    def items(self) -> builtins.list[Node]:
         if not isinstance(self.value, list):
             raise self.error(f"expected a list, got {_type_name(self.value)}")
         return list(self.value)
 
-    def as_str(self) -> str:
+    def as_str(self) -> builtins.str:
         if not isinstance(self.value, str):
             raise self.error(f"expected a string, got {_type_name(self.value)}")
         return self.value
 
-    def as_int(self) -> int:
+    def as_int(self) -> builtins.int:
         if isinstance(self.value, bool) or not isinstance(self.value, int):
             raise self.error(f"expected an integer, got {_type_name(self.value)}")
         return self.value
@@ -110,7 +111,7 @@ class Node:
         return iter(self.items())
 
     # --- internals ------------------------------------------------------------------------
-    def _child(self, key: str, default: Any) -> Node | None:
+    def _child(self, key: builtins.str, default: Any) -> Node | None:
         child = self.mapping().get(key)
         if child is None or child.value is None:
             if default is _MISSING:
@@ -120,10 +121,10 @@ class Node:
             return None
         return child
 
-    def _typed(self, key: str, kind: type[T], expected: str, default: Any) -> T:
+    def _typed(self, key: builtins.str, kind: type[T], expected: builtins.str, default: Any) -> T:
         node = self._child(key, default)
         if node is None:
-            return default  # type: ignore[no-any-return]
+            return default
         value = node.value
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise node.error(f"expected {expected}, got {_type_name(value)}")
@@ -158,7 +159,8 @@ def _convert(node: yaml.Node, path: str, field: str) -> Node:
             children[key] = _convert(value_node, path, child_field)
         return Node(children, path, line, field)
     if isinstance(node, yaml.SequenceNode):
-        return Node([_convert(item, path, f"{field}[{i}]") for i, item in enumerate(node.value)], path, line, field)
+        items = [_convert(item, path, f"{field}[{i}]") for i, item in enumerate(node.value)]
+        return Node(items, path, line, field)
     value = yaml.safe_load(yaml.serialize(node)) if node.tag != "tag:yaml.org,2002:str" else node.value
     return Node(value, path, line, field)
 

@@ -145,7 +145,7 @@ class IdentifierSet:
                 kind = Kind(key)
             except ValueError:
                 known = ", ".join(k.value for k in Kind)
-                raise ConfigError(source, line, str(key), f"unknown identifier kind (known: {known})") from None
+                raise ConfigError(source, line, str(key), f"unknown kind (known: {known})") from None
             if isinstance(raw, (str, int)):
                 raw = [raw]
             if not isinstance(raw, list):
@@ -177,7 +177,7 @@ class IdentifierSet:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ConfigError(path, exc.lineno, None, f"not valid JSON: {exc.msg}") from None
-        lines = {}
+        lines: dict[str, int] = {}
         for number, line_text in enumerate(text.splitlines(), start=1):
             for match in re.finditer(r'"([a-z_]+)"\s*:', line_text):
                 lines.setdefault(match.group(1), number)

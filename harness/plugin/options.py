@@ -31,15 +31,15 @@ class GateOptions:
     baseline: Path | None
 
 
-_OPTIONS: list[tuple[str, str, str]] = [
-    # (option suffix, ini type, help)
-    ("profile", "string", "device profile: a name in devices/ or a path to a YAML file"),
-    ("capture", "string", f"capture backend: {CAPTURE_FORMS} (default: the profile's)"),
-    ("cycles", "string", "power-up / screen-on / unlock / idle / lock cycles to run (default 1)"),
-    ("dwell", "string", "seconds each phase lasts (default: the profile's dwell)"),
-    ("boot-timeout", "string", "seconds to wait for a reboot to complete (default 300)"),
-    ("artifacts", "string", "directory for captures, findings JSON and evidence (default phonehome-artifacts)"),
-    ("baseline", "string", "baseline JSON of the previous build's destinations, for the new-destination check"),
+_OPTIONS: list[tuple[str, str]] = [
+    # (option suffix, help); every ini value is read as a string and validated here
+    ("profile", "device profile: a name in devices/ or a path to a YAML file"),
+    ("capture", f"capture backend: {CAPTURE_FORMS} (default: the profile's)"),
+    ("cycles", "power-up / screen-on / unlock / idle / lock cycles to run (default 1)"),
+    ("dwell", "seconds each phase lasts (default: the profile's dwell)"),
+    ("boot-timeout", "seconds to wait for a reboot to complete (default 300)"),
+    ("artifacts", "directory for captures, findings JSON and evidence (default phonehome-artifacts)"),
+    ("baseline", "baseline JSON of the previous build's destinations, for the new-destination check"),
 ]
 
 
@@ -51,9 +51,9 @@ def add_options(parser: pytest.Parser) -> None:
     )
     parser.addini("phonehome_device", type="linelist", default=[],
                   help=f"phones to gate ({DEVICE_FORMS}), one per line")
-    for suffix, ini_type, text in _OPTIONS:
+    for suffix, text in _OPTIONS:
         group.addoption(f"--ph-{suffix}", dest=f"ph_{suffix.replace('-', '_')}", default=None, help=text)
-        parser.addini(f"phonehome_{suffix.replace('-', '_')}", type=ini_type, default=None, help=text)
+        parser.addini(f"phonehome_{suffix.replace('-', '_')}", type="string", default=None, help=text)
 
 
 def _value(config: pytest.Config, name: str) -> str | None:

@@ -58,7 +58,7 @@ class DeviceServices(Protocol):
     """What the device model offers adbd."""
 
     def banner(self) -> str:
-        """CNXN banner, e.g. `device::ro.product.name=x;ro.product.model=y;ro.product.device=z;features=shell_v2,cmd`."""
+        """CNXN banner: `device::ro.product.name=x;ro.product.model=y;ro.product.device=z;features=shell_v2,cmd`."""
 
     @property
     def fs(self) -> FileSystem: ...
