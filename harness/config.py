@@ -145,8 +145,9 @@ def _type_name(value: Any) -> str:
     return f"the string {value!r}" if len(str(value)) < 40 else "a string"
 
 
-def _convert(node: yaml.Node, path: str, field: str) -> Node:
-    line = node.start_mark.line + 1
+def _convert(node: yaml.Node, path: str, field: str, key_line: int | None = None) -> Node:
+    """Convert a composed node; a mapping value is placed on its key's line, where users look."""
+    line = key_line or node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         children: dict[str, Node] = {}
         for key_node, value_node in node.value:
@@ -156,7 +157,7 @@ def _convert(node: yaml.Node, path: str, field: str) -> Node:
             child_field = f"{field}.{key}" if field else key
             if key in children:
                 raise ConfigError(path, key_node.start_mark.line + 1, child_field, "duplicate key")
-            children[key] = _convert(value_node, path, child_field)
+            children[key] = _convert(value_node, path, child_field, key_node.start_mark.line + 1)
         return Node(children, path, line, field)
     if isinstance(node, yaml.SequenceNode):
         items = [_convert(item, path, f"{field}[{i}]") for i, item in enumerate(node.value)]
