@@ -78,12 +78,12 @@ def mask_serial(serial: str) -> str:
 
     Addresses (`127.0.0.1:5555`, `virtual:NAME`) are not identifiers and stay readable.
     """
-    if serial.startswith("virtual:") or re.fullmatch(r"[\w.\-]+:\d+", serial):
-        return serial
     host = ""
     if "@" in serial:
         serial, host = serial.split("@", 1)
         host = "@" + host
+    if serial.startswith("virtual:") or re.fullmatch(r"[\w.\-]+:\d+", serial):
+        return serial + host
     return f"serial …{serial[-3:]}{host}"
 
 

@@ -87,6 +87,12 @@ class Encoding(StrEnum):
     BCD = "bcd"
     SEPARATED = "separated"
     DECIMAL = "decimal"
+    # added by the analyzer-matcher engineer
+    TLS_HANDSHAKE = "tls-handshake"  # location: other plaintext TLS handshake bytes (certificates)
+    DNS_LABELS = "dns-labels"  # transform: the labels of a name joined (identifier split over labels)
+    BASE32 = "base32"
+    BINARY = "binary"  # the identifier's raw bytes (a MAC's 6 octets, a MEID's 7)
+    ZIP = "zip"  # a zip archive member (raw deflate or stored)
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +261,8 @@ class Report:
     findings: list[Finding]
     notes: list[str] = field(default_factory=list)  # said to the user, e.g. "--guess implied"
     extra: dict[str, Any] = field(default_factory=dict)  # scenario context: device, build, phase...
+    # where the phone's flows went: {host, dst, dport, proto, flows, first_frame, time, app}
+    destinations: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
@@ -265,6 +273,7 @@ class Report:
             "version": 1, "status": str(self.status), "reasons": self.reasons,
             "capture": self.capture.to_json(), "coverage": self.coverage,
             "findings": [f.to_json() for f in self.findings], "notes": self.notes,
+            "destinations": self.destinations,
         }
         out.update(self.extra)
         return out

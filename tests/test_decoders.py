@@ -1,0 +1,384 @@
+"""Protocol decoders: HTTP/1.x, DNS (UDP and TCP), TLS ClientHello SNI, CoAP, raw payloads.
+
+Messages are built with scapy (DNS, CoAP) and Python's own ssl (real TLS records), never typed
+in as hex, so the decoders meet the bytes real stacks write.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime
+import gzip
+import json
+import ssl
+import zlib
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scapy.contrib.coap import CoAP
+from scapy.layers.dns import DNS, DNSQR, DNSRR, dns_compress
+
+from harness.analyzer.decoders import UnitResult, analyze_unit, analyze_units
+from harness.analyzer.matcher import Matcher
+from harness.analyzer.model import Flow, StreamUnit
+from harness.identifiers import IdentifierSet, Kind
+
+IMEI = "490154203237518"
+IMSI = "242011234567890"
+ICCID = "8947080012345678901"
+MAC = "02:00:5e:10:00:01"
+SERIAL = "R58M12ABCDE"
+IDS = IdentifierSet({Kind.IMEI: [IMEI], Kind.IMSI: [IMSI], Kind.ICCID: [ICCID], Kind.WIFI_MAC: [MAC],
+                     Kind.SERIAL: [SERIAL], Kind.CELL_ID: ["26296330"]})
+BODY = json.dumps({"MEID": IMEI[:14], "IMEI1": IMEI, "SIM1ICCID": ICCID, "SIM1LTEIMSI": IMSI,
+                   "SIM1CELLID": "26296330", "MACID": MAC}).encode()
+MATCHER = Matcher(IDS, guess=False, canary="phc-canary-5e1f", portable=False)
+
+
+def unit(data: bytes, proto: str = "tcp", dport: int = 80, from_client: bool = True, sport: int = 40000,
+         frames: list[int] | None = None, offsets: list[int] | None = None) -> StreamUnit:
+    frames = frames or [1]
+    return StreamUnit(Flow(proto, "10.0.0.2", sport, "42.99.2.15", dport), from_client, data,
+                      offsets or [0], frames, [float(f) for f in frames])
+
+
+def run(data: bytes, **kw: object) -> UnitResult:
+    return analyze_unit(unit(data, **kw), MATCHER)  # type: ignore[arg-type]
+
+
+def where(result: UnitResult) -> dict[tuple[str, int | None], tuple[str, ...]]:
+    """Each identifier's first hit's encoding chain."""
+    out: dict[tuple[str, int | None], tuple[str, ...]] = {}
+    for hit in result.hits:
+        out.setdefault((hit.kind, hit.slot), hit.encoding)
+    return out
+
+
+# --- HTTP ---------------------------------------------------------------------------------
+
+
+def http_request(body: bytes, headers: str = "", target: str = "/", method: str = "POST") -> bytes:
+    head = (f"{method} {target} HTTP/1.1\r\nHost: zzhc.vnet.cn\r\nContent-Type: application/encrypted-json\r\n"
+            f"{headers}")
+    if "Transfer-Encoding" not in headers:
+        head += f"Content-Length: {len(body)}\r\n"
+    return head.encode() + b"\r\n" + body
+
+
+def chunked(body: bytes, size: int = 7) -> bytes:
+    parts = [b"%x;ext=1\r\n%s\r\n" % (len(body[i : i + size]), body[i : i + size])
+             for i in range(0, len(body), size)]
+    return b"".join(parts) + b"0\r\nX-Trailer: 1\r\n\r\n"
+
+
+def test_the_2019_request() -> None:
+    result = run(http_request(base64.encodebytes(BODY)))
+    assert where(result)[("imei", 1)] == ("http-body", "base64", "json")
+    assert {c.host for c in result.contacts} == {"zzhc.vnet.cn"}
+    assert all(c.how == "http-host" and c.frame == 1 for c in result.contacts)
+
+
+def test_request_line_and_headers() -> None:
+    data = http_request(b"", headers=f"X-Serial: {SERIAL}\r\nCookie: m={MAC}\r\n", method="GET",
+                        target=f"/reg?imsi={IMSI}&iccid={ICCID}")
+    found = where(run(data))
+    assert found[("imsi", 1)] == ("http-request-line", "plain")
+    assert found[("iccid", 1)] == ("http-request-line", "plain")
+    assert found[("serial", None)] == ("http-header", "plain")
+    assert found[("wifi_mac", None)] == ("http-header", "plain")
+
+
+def test_chunked_body_split_inside_an_identifier() -> None:
+    body = b'{"imei":"' + IMEI.encode() + b'"}'
+    data = http_request(chunked(body, 5), headers="Transfer-Encoding: chunked\r\n")
+    assert IMEI.encode() not in data  # the chunk framing cuts it
+    assert where(run(data))[("imei", 1)] == ("http-body", "http-chunked", "plain")
+
+
+@pytest.mark.parametrize(("coding", "pack", "step"), [
+    ("gzip", gzip.compress, "gzip"),
+    ("deflate", zlib.compress, "zlib"),
+    ("deflate", lambda b: zlib.compress(b)[2:-4], "deflate"),  # raw deflate, as many servers send
+])
+def test_content_encoding(coding: str, pack: object, step: str) -> None:
+    body = pack(base64.b64encode(BODY))  # type: ignore[operator]
+    data = http_request(body, headers=f"Content-Encoding: {coding}\r\n")
+    assert where(run(data))[("iccid", 1)] == ("http-body", step, "base64", "json")
+
+
+def test_chunked_gzip_body() -> None:
+    data = http_request(chunked(gzip.compress(BODY), 100),
+                        headers="Transfer-Encoding: chunked\r\nContent-Encoding: gzip\r\n")
+    assert where(run(data))[("imsi", 1)] == ("http-body", "http-chunked", "gzip", "json")
+
+
+def test_response_and_pipelined_messages() -> None:
+    first = b"GET /a HTTP/1.1\r\nHost: one.example\r\n\r\n"
+    second = http_request(BODY).replace(b"zzhc.vnet.cn", b"two.example")
+    result = run(first + second)
+    assert {c.host for c in result.contacts} == {"one.example", "two.example"}
+    assert where(result)[("imei", 1)] == ("http-body", "plain")
+    response = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n" + BODY  # runs to the end
+    assert where(run(response, from_client=False))[("imsi", 1)] == ("http-body", "plain")
+
+
+def test_unit_starting_mid_stream() -> None:
+    tail = b"rest of an earlier body " + BODY[:20] + b"\r\n"
+    result = run(tail + http_request(base64.b64encode(BODY)))
+    assert where(result)[("imei", 1)] == ("http-body", "base64", "json")
+    assert {c.host for c in result.contacts} == {"zzhc.vnet.cn"}
+
+
+def test_proxy_and_connect_targets() -> None:
+    proxy = b"GET http://user@zzhc.vnet.cn:9999/reg HTTP/1.1\r\nHost: zzhc.vnet.cn:9999\r\n\r\n"
+    assert {(c.host, c.how) for c in run(proxy).contacts} == {("zzhc.vnet.cn", "http-host")}
+    connect = b"CONNECT dm.wo.com.cn:6001 HTTP/1.1\r\n\r\n"
+    assert [c.host for c in run(connect).contacts] == ["dm.wo.com.cn"]
+
+
+def test_host_word_in_a_body_is_not_a_contact() -> None:
+    data = http_request(b"some text\nHost: evil.example\n")
+    assert {c.host for c in run(data).contacts} == {"zzhc.vnet.cn"}
+
+
+def test_contact_frame_is_where_the_header_is() -> None:
+    data = http_request(BODY)
+    split = data.index(b"\r\nHost:") + 2  # the Host line came in the second segment
+    result = analyze_unit(unit(data, frames=[7, 9], offsets=[0, split]), MATCHER)
+    assert [c.frame for c in result.contacts] == [9]
+
+
+# --- DNS ----------------------------------------------------------------------------------
+
+
+def test_dns_query_name_hex_split_over_labels() -> None:
+    hexed = IMEI.encode().hex()
+    name = f"{hexed[:20]}.{hexed[20:]}.t.exfil.example"
+    query = bytes(DNS(id=7, rd=1, qd=DNSQR(qname=name)))
+    result = run(query, proto="udp", dport=53)
+    assert where(result)[("imei", 1)] == ("dns-qname", "dns-labels", "hex")
+    assert [(c.host, c.how) for c in result.contacts] == [(name, "dns-query")]
+
+
+def test_dns_query_name_base32_and_plain() -> None:
+    b32 = base64.b32encode(ICCID.encode()).decode().rstrip("=").lower()
+    name = f"{b32[:25]}.{b32[25:]}.x.example.net"
+    assert where(run(bytes(DNS(qd=DNSQR(qname=name))), proto="udp", dport=53))[("iccid", 1)] == (
+        "dns-qname", "dns-labels", "base32")
+    plain = bytes(DNS(qd=DNSQR(qname=f"{IMEI}.imei.example.com")))
+    assert where(run(plain, proto="udp", dport=53))[("imei", 1)] == ("dns-qname", "plain")
+
+
+def test_dns_answers_follow_cnames_with_compression() -> None:
+    response = DNS(id=1, qr=1, qd=DNSQR(qname="zzhc.vnet.cn"),
+                   an=[DNSRR(rrname="zzhc.vnet.cn", type="CNAME", rdata="a.vnet.cn"),
+                       DNSRR(rrname="a.vnet.cn", type="A", rdata="42.99.2.15"),
+                       DNSRR(rrname="a.vnet.cn", type="AAAA", rdata="2001:db8::f")])
+    wire = bytes(dns_compress(response))
+    assert b"\xc0" in wire  # compression pointers are in use
+    result = run(wire, proto="udp", dport=53, from_client=False)
+    assert result.dns_answers == {"a.vnet.cn": {"42.99.2.15", "2001:db8::f"},
+                                  "zzhc.vnet.cn": {"42.99.2.15", "2001:db8::f"}}
+    assert result.contacts == []  # a response is not a lookup by the phone
+
+
+def test_dns_over_tcp_with_length_prefixes() -> None:
+    one = bytes(DNS(id=1, qd=DNSQR(qname="first.example")))
+    two = bytes(DNS(id=2, qd=DNSQR(qname=f"{IMSI}.second.example")))
+    data = len(one).to_bytes(2, "big") + one + len(two).to_bytes(2, "big") + two
+    result = run(data, proto="tcp", dport=53)
+    assert [c.host for c in result.contacts] == ["first.example", f"{IMSI}.second.example"]
+    assert where(result)[("imsi", 1)] == ("dns-qname", "plain")
+
+
+def test_dns_compression_loop_and_garbage_do_not_hang() -> None:
+    header = b"\x00\x01\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
+    loop = header + b"\xc0\x0c\x00\x01\x00\x01"
+    run(loop, proto="udp", dport=53)
+    run(header + b"\x3f" + b"a" * 10, proto="udp", dport=53)
+    result = run(header + IMEI.encode(), proto="udp", dport=53)
+    assert ("imei", 1) in where(result)  # not DNS after all: scanned raw
+
+
+def test_mdns_names_are_scanned_but_are_no_destination() -> None:
+    announce = bytes(DNS(qr=1, aa=1, an=DNSRR(rrname=f"android-{SERIAL}.local", type="A", rdata="10.0.0.2")))
+    result = run(announce, proto="udp", dport=5353, sport=5353, from_client=False)
+    assert result.contacts == [] and result.dns_answers == {}
+    assert ("serial", None) in where(result)
+
+
+# --- TLS ----------------------------------------------------------------------------------
+
+
+def tls_pair(tmp_path: Path, sni: str) -> tuple[ssl.SSLObject, ssl.SSLObject, list[ssl.MemoryBIO]]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, sni)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                          serialization.PrivateFormat.PKCS8,
+                                                          serialization.NoEncryption()))
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client_ctx.check_hostname = False
+    client_ctx.verify_mode = ssl.CERT_NONE
+    bios = [ssl.MemoryBIO() for _ in range(4)]
+    client = client_ctx.wrap_bio(bios[0], bios[1], server_hostname=sni)
+    server = server_ctx.wrap_bio(bios[2], bios[3], server_side=True)
+    return client, server, bios
+
+
+def tls_session(tmp_path: Path, sni: str, secret: bytes) -> tuple[bytes, bytes]:
+    """Real TLS (Python's ssl, in memory): the client's and the server's bytes on the wire."""
+    client, server, (c_in, c_out, s_in, s_out) = tls_pair(tmp_path, sni)
+    upstream, downstream = bytearray(), bytearray()
+    for _ in range(10):
+        for side in (client, server):
+            with contextlib.suppress(ssl.SSLWantReadError):
+                side.do_handshake()
+        moved = c_out.read()
+        upstream += moved
+        s_in.write(moved)
+        back = s_out.read()
+        downstream += back
+        c_in.write(back)
+    client.write(secret)
+    upstream += c_out.read()
+    return bytes(upstream), bytes(downstream)
+
+
+def refragment(data: bytes, size: int) -> bytes:
+    """The same TLS stream with every handshake record cut into records of `size` bytes."""
+    out, pos = bytearray(), 0
+    while pos + 5 <= len(data):
+        ctype, version, length = data[pos], data[pos + 1 : pos + 3], int.from_bytes(data[pos + 3 : pos + 5], "big")
+        body = data[pos + 5 : pos + 5 + length]
+        pieces = [body[i : i + size] for i in range(0, len(body), size)] if ctype == 22 else [body]
+        for piece in pieces:
+            out += bytes([ctype]) + version + len(piece).to_bytes(2, "big") + piece
+        pos += 5 + length
+    return bytes(out)
+
+
+def test_tls_sni_and_no_hits_in_encrypted_bytes(tmp_path: Path) -> None:
+    up, down = tls_session(tmp_path, "zzhc.vnet.cn", BODY * 20)
+    result = run(up, dport=443)
+    assert [(c.host, c.how) for c in result.contacts] == [("zzhc.vnet.cn", "tls-sni")]
+    assert result.hits == []
+    assert run(down, dport=443, from_client=False).hits == []
+    # the same ciphertext treated as an unknown protocol: still nothing
+    guessing = Matcher(IDS, guess=True, canary=None)
+    assert analyze_unit(unit(up, proto="udp", dport=4433), guessing).hits == []
+
+
+def test_tls_sni_split_over_records_and_identifier_in_sni(tmp_path: Path) -> None:
+    sni = f"{IMEI}.dev.example.com"
+    up, _ = tls_session(tmp_path, sni, b"x")
+    split = refragment(up, 40)
+    assert split != up
+    for data in (up, split):
+        result = run(data, dport=443)
+        assert [c.host for c in result.contacts] == [sni]
+        assert where(result)[("imei", 1)] == ("tls-sni", "plain")
+
+
+def test_tls_with_app_data_elided_by_the_reader(tmp_path: Path) -> None:
+    up, _ = tls_session(tmp_path, "a.example", b"x" * 3000)
+    # the reader keeps record headers but leaves application-data bodies out
+    out, pos, elided = bytearray(), 0, 0
+    while pos + 5 <= len(up):
+        length = int.from_bytes(up[pos + 3 : pos + 5], "big")
+        out += up[pos : pos + 5]
+        if up[pos] == 23:
+            elided += length
+        else:
+            out += up[pos + 5 : pos + 5 + length]
+        pos += 5 + length
+    data = bytes(out) + b"\x16\x03\x03\x00\x20" + bytes(32)  # and a record after the elided one
+    record = StreamUnit(Flow("tcp", "10.0.0.2", 40000, "192.0.2.1", 443), True, data, [0], [1], [0.0],
+                        tls_elided=elided)
+    result = analyze_unit(record, MATCHER)
+    assert [c.host for c in result.contacts] == ["a.example"]
+
+
+# --- CoAP ---------------------------------------------------------------------------------
+
+
+def test_coap_uri_and_payload() -> None:
+    message = CoAP(type=0, code=2, msg_id=0x1234, token=b"\x01\x02",
+                   options=[("Uri-Host", b"zzhc.vnet.cn"), ("Uri-Path", b"nb"), ("Content-Format", b"\x32"),
+                            ("Uri-Query", f"ep={IMEI}".encode())], paymark=b"\xff") / base64.b64encode(BODY)
+    result = run(bytes(message), proto="udp", dport=5683)
+    found = {(h.kind, h.encoding) for h in result.hits}
+    assert ("imei", ("coap-uri", "plain")) in found
+    assert ("imei", ("coap-payload", "base64", "json")) in found
+    assert ("imsi", ("coap-payload", "base64", "json")) in found
+    assert [(c.host, c.how) for c in result.contacts] == [("zzhc.vnet.cn", "coap-uri-host")]
+
+
+def test_coap_on_another_port_is_recognised_by_its_uri() -> None:
+    message = CoAP(type=0, code=2, msg_id=1, options=[("Uri-Host", b"m.fxltsbl.com"), ("Uri-Path", b"rd")])
+    result = run(bytes(message) + b"\xff" + BODY, proto="udp", dport=15683)
+    assert [c.host for c in result.contacts] == ["m.fxltsbl.com"]
+    assert where(result)[("iccid", 1)] == ("coap-payload", "plain")
+
+
+# --- other --------------------------------------------------------------------------------
+
+
+def test_unknown_protocols_are_scanned_raw() -> None:
+    assert where(run(b"\x00\x07REG" + BODY, dport=9999))[("imei", 1)] == ("tcp-payload", "plain")
+    assert where(run(base64.b64encode(BODY), proto="udp", dport=9998))[("imei", 1)] == (
+        "udp-payload", "base64", "json")
+    other = StreamUnit(Flow("47", "10.0.0.2", 0, "192.0.2.1", 0), True, BODY, [0], [1], [0.0])
+    assert where(analyze_unit(other, MATCHER))[("imei", 1)] == ("ip-payload", "plain")
+
+
+def test_canary_in_a_dns_name() -> None:
+    result = run(bytes(DNS(qd=DNSQR(qname="phc-canary-5e1f.invalid"))), proto="udp", dport=53)
+    assert [(h.kind, h.encoding) for h in result.hits] == [("canary", ("dns-qname", "plain"))]
+
+
+def test_batch_gives_the_same_answers_as_one_by_one() -> None:
+    units = [unit(http_request(base64.b64encode(BODY))), unit(bytes(DNS(qd=DNSQR(qname="x.example"))),
+                                                             proto="udp", dport=53),
+             unit(b"nothing here"), unit(b"imsi=" + IMSI.encode(), proto="udp", dport=1)]
+    batch = analyze_units(units, MATCHER)
+    single = [analyze_unit(u, MATCHER) for u in units]
+    assert [(r.hits, r.contacts, r.dns_answers) for r in batch] == [
+        (r.hits, r.contacts, r.dns_answers) for r in single]
+    assert batch[0].hits and batch[3].hits and not batch[2].hits
+
+
+SEEDS = [http_request(base64.b64encode(BODY), headers="Transfer-Encoding: chunked\r\n"),
+         bytes(DNS(qr=1, qd=DNSQR(qname="a.b.example"), an=DNSRR(rrname="a.b.example", rdata="1.2.3.4"))),
+         bytes(CoAP(type=0, code=2, msg_id=1, options=[("Uri-Host", b"h.example"), ("Uri-Path", b"p")]))
+         + b"\xff" + BODY,
+         b"\x16\x03\x01\x00\x30\x01\x00\x00\x2c\x03\x03" + bytes(40), gzip.compress(BODY),
+         b"PK\x03\x04\x14\x00\x00\x00\x08\x00" + bytes(20) + zlib.compress(BODY)[2:]]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.sampled_from(SEEDS), cut=st.integers(0, 400), flips=st.lists(st.tuples(st.integers(0, 400),
+       st.integers(0, 255)), max_size=6), port=st.sampled_from([53, 80, 443, 5683, 5353, 9999]),
+       proto=st.sampled_from(["tcp", "udp"]))
+def test_mangled_messages_never_raise(seed: bytes, cut: int, flips: list[tuple[int, int]], port: int,
+                                      proto: str) -> None:
+    data = bytearray(seed[:cut] if cut < len(seed) else seed)
+    for at, value in flips:
+        if data:
+            data[at % len(data)] = value
+    result = run(bytes(data), proto=proto, dport=port)
+    for hit in result.hits:
+        assert 0 <= hit.start <= hit.end <= len(data)
