@@ -28,6 +28,8 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("sample-capture", "harness.sample", "write a reproduction of the 2019 Nokia 7 Plus capture and its IDS.json"),
     ("devices", "harness.device.cli", "list attached phones: masked serial, model, state, build"),
     ("virtual", "harness.virtual.cli", "start a virtual phone from a device profile"),
+    ("demo", "harness.demo", "run the gate on three virtual phones, the 2019 Nokia 7 Plus incident among them"),
+    ("baseline", "harness.gate.baseline_command", "write a baseline of destinations from a gate run's findings"),
 ]
 
 INTERNAL_ERROR = 3

@@ -6,6 +6,7 @@ hide a missing install step.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["pytester"]
+pytest_plugins = ["pytester", "virtual_fixtures"]
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
@@ -75,17 +76,21 @@ def bundled_adb() -> str:
     return str(Path(adbutils.__file__).parent / "binaries" / "adb")
 
 
-@pytest.fixture(scope="session")
-def adb_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """A private adb server (adbutils' bundled adb on a free port), never the user's on 5037.
+@contextlib.contextmanager
+def private_adb_server() -> Iterator[dict[str, str]]:
+    """adbutils' bundled adb on a free port, never the user's on 5037; pointed at for its lifetime.
 
-    Yields the environment variables that point adb, adbutils and uiautomator2 at it; they are
-    also set in os.environ for the session so library code picks them up.
+    Sets the environment variables adb, adbutils and uiautomator2 read, and rebinds adbutils'
+    module-level client (made at import time for port 5037), which uiautomator2 falls back on.
     """
+    import adbutils
+
     port = free_port()
     env = {"ANDROID_ADB_SERVER_PORT": str(port), "ADBUTILS_ADB_PATH": bundled_adb()}
     saved = {key: os.environ.get(key) for key in env}
+    default_client = adbutils.adb
     os.environ.update(env)
+    adbutils.adb = adbutils.AdbClient(host="127.0.0.1", port=port)
     subprocess.run([env["ADBUTILS_ADB_PATH"], "start-server"], env={**os.environ}, capture_output=True,
                    check=True, timeout=30)
     try:
@@ -93,8 +98,23 @@ def adb_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, s
     finally:
         subprocess.run([env["ADBUTILS_ADB_PATH"], "kill-server"], env={**os.environ}, capture_output=True,
                        check=False, timeout=30)
+        adbutils.adb = default_client
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def adb_server() -> Iterator[dict[str, str]]:
+    """The session's private adb server (see private_adb_server); phones connected to it stay listed."""
+    with private_adb_server() as env:
+        yield env
+
+
+@pytest.fixture
+def empty_adb_server() -> Iterator[dict[str, str]]:
+    """A private adb server of this test's own, with no phone ever connected to it."""
+    with private_adb_server() as env:
+        yield env

@@ -38,12 +38,12 @@ def locks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def test_no_device_attached_is_one_clear_error(adb_server: dict[str, str]) -> None:
+def test_no_device_attached_is_one_clear_error(empty_adb_server: dict[str, str]) -> None:
     with pytest.raises(DeviceError, match=r"^no usable device: no device attached$"):
         resolve([], env={})
 
 
-def test_unknown_serial_names_it_masked_and_lists_attached(adb_server: dict[str, str]) -> None:
+def test_unknown_serial_names_it_masked_and_lists_attached(empty_adb_server: dict[str, str]) -> None:
     with pytest.raises(DeviceOffline) as info:
         open_device(parse_spec("R58M12345678"))
     message = str(info.value)
@@ -80,7 +80,8 @@ def test_remote_server_is_used_for_listing(empty_adb_server: dict[str, str]) -> 
         open_device(spec)
 
 
-def test_devices_command_with_nothing_attached(empty_adb_server: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+def test_devices_command_with_nothing_attached(empty_adb_server: dict[str, str],
+                                               capsys: pytest.CaptureFixture[str]) -> None:
     import argparse
 
     parser = argparse.ArgumentParser()

@@ -1,23 +1,34 @@
-"""The phonehome pytest plugin, registered through the `pytest11` entry point."""
+"""The phonehome pytest plugin, registered through the `pytest11` entry point.
 
-from __future__ import annotations
+Split as labgrid splits its plugin: hooks (options, parametrization per phone, reports) and
+fixtures (options, the phone's session, identifiers, policy, the running recording).
+"""
 
-import pytest
+from harness.plugin.fixtures import (
+    device,
+    device_session,
+    findings,
+    identifiers,
+    phase,
+    phonehome_options,
+    policy,
+    recording,
+)
+from harness.plugin.hooks import (
+    pytest_addoption,
+    pytest_collection_modifyitems,
+    pytest_configure,
+    pytest_generate_tests,
+    pytest_runtest_makereport,
+    pytest_sessionfinish,
+    pytest_terminal_summary,
+    pytest_xdist_make_scheduler,
+)
+from harness.plugin.state import OPTIONS_KEY
 
-from harness.plugin.options import GateOptions, add_options, parse_options
-
-OPTIONS_KEY = pytest.StashKey[GateOptions]()
-
-MARKERS = [
-    "phonehome_device: the test drives phones given with --device (the gate's scenarios)",
+__all__ = [
+    "OPTIONS_KEY", "device", "device_session", "findings", "identifiers", "phase", "phonehome_options", "policy",
+    "pytest_addoption", "pytest_collection_modifyitems", "pytest_configure", "pytest_generate_tests",
+    "pytest_runtest_makereport", "pytest_sessionfinish", "pytest_terminal_summary",
+    "pytest_xdist_make_scheduler", "recording",
 ]
-
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    add_options(parser)
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    for marker in MARKERS:
-        config.addinivalue_line("markers", marker)
-    config.stash[OPTIONS_KEY] = parse_options(config)

@@ -1,0 +1,114 @@
+"""The plugin's fixtures: every option is one, and each phone under test is a session-scoped session.
+
+    def test_x(recording):                 # a capture running on this test's phone
+        recording.screen_on()
+        outcome = recording.stop()         # canary, stop, analyse: an Outcome (report + phases)
+
+Fixtures: `phonehome_options`, `device_session` (parametrized per `--device`), `device`,
+`identifiers` (values with coverage), `policy` (the profile), `recording` (the running capture),
+`phase` (`with phase("screen-on"):`) and `findings` (stop and return the report).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import allure
+import pytest
+
+from harness.analyzer.model import Report
+from harness.device.device import Device
+from harness.device.identifiers import Harvest
+from harness.errors import PhonehomeError
+from harness.gate.evidence import allure_device, junit_properties, write_device_summary
+from harness.gate.recording import Recording
+from harness.gate.session import DeviceSession, device_id
+from harness.plugin.options import GateOptions
+from harness.plugin.state import OPTIONS_KEY, SESSIONS_KEY, model_of
+from harness.profile import Profile
+
+
+@pytest.fixture(scope="session")
+def phonehome_options(pytestconfig: pytest.Config) -> GateOptions:
+    """The parsed `--device` / `--ph-*` options (and their `phonehome_*` ini keys)."""
+    return pytestconfig.stash[OPTIONS_KEY]
+
+
+@pytest.fixture
+def device_session(request: pytest.FixtureRequest, phonehome_options: GateOptions) -> Iterator[DeviceSession]:
+    """The phone this test is parametrized with (`--device`), opened on first use in this process.
+
+    It stays open across tests in whatever order they run (xdist may interleave phones) and is
+    closed, its settings restored, when the pytest session ends (`pytest_sessionfinish`).
+    """
+    spec = getattr(request, "param", None)
+    if spec is None:
+        raise pytest.UsageError("device_session needs a phone: run with --device SERIAL (or virtual:NAME)")
+    sessions = request.config.stash[SESSIONS_KEY]
+    session = sessions.get(spec)
+    allure.dynamic.parameter("device_session", device_id(spec, model_of(request.config, spec)))
+    if session is None:
+        session = sessions[spec] = DeviceSession(spec, phonehome_options, model=model_of(request.config, spec))
+        try:
+            session.open()
+        except PhonehomeError as exc:
+            session.errors.append(f"the phone could not be opened: {exc}")
+    if session.errors and session.device is None:
+        write_device_summary(session)
+        pytest.fail(f"UNVERIFIED: {session.id}: {session.errors[0]}", pytrace=False)
+    allure_device(session)
+    try:
+        yield session
+    finally:
+        write_device_summary(session)
+
+
+@pytest.fixture
+def device(device_session: DeviceSession) -> Device:
+    """The locked phone (harness.device.Device): reboot, screen, unlock, lock, settings journal."""
+    assert device_session.device is not None
+    return device_session.device
+
+
+@pytest.fixture
+def identifiers(device_session: DeviceSession) -> Harvest:
+    """The phone's identifiers with coverage: each read from the phone, from the profile, or unknown."""
+    assert device_session.harvest is not None
+    return device_session.harvest
+
+
+@pytest.fixture
+def policy(device_session: DeviceSession) -> Profile | None:
+    """The device profile: market, approved endpoints, required identifiers (None: nothing approved)."""
+    return device_session.profile
+
+
+@pytest.fixture
+def recording(request: pytest.FixtureRequest, device_session: DeviceSession) -> Iterator[Recording]:
+    """A capture running on the phone for this test; `stop()` returns the analysed Outcome."""
+    name = request.node.originalname if hasattr(request.node, "originalname") else request.node.name
+    rec = device_session.record(name.removeprefix("test_").replace("_", "-"))  # starts at its first phase
+    try:
+        yield rec
+    finally:
+        if rec.started and rec.outcome is None and not rec.aborted:  # no stop(): analyse what was captured
+            failed = getattr(request.node, "phonehome_call_failed", False)
+            rec.stop(f"{rec.name} did not run to the end" if failed else None)
+        for key, value in junit_properties(device_session, rec.outcome):
+            request.node.user_properties.append((key, value))
+        if rec.outcome is not None:
+            request.node.phonehome_outcome = rec.outcome
+
+
+@pytest.fixture
+def phase(recording: Recording) -> Callable[..., contextlib.AbstractContextManager[Any]]:
+    """`with phase("screen-on", cycle=1): ...` marks a phase of this test's recording (host time)."""
+    return recording.phase
+
+
+@pytest.fixture
+def findings(recording: Recording) -> Callable[[], Report]:
+    """`findings()` stops this test's recording and returns its report (findings, status, reasons)."""
+    return lambda: recording.stop().report
