@@ -50,3 +50,56 @@ def test_bad_values_are_usage_errors(pytester: pytest.Pytester, args: list[str],
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([message])
     assert "Traceback" not in result.stderr.str()
+
+
+def test_bad_profile_and_baseline_name_file_line_field(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(SHOW)
+    pytester.makefile(".yaml", sku="market: NO\ncolour: red\n")
+    result = pytester.runpytest("--ph-profile", str(pytester.path / "sku.yaml"))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*sku.yaml:2: colour: unknown key*"])
+    pytester.makefile(".json", base='{"version": 1,\n "kind": "phonehome-baseline",\n "destinations": 3}\n')
+    result = pytester.runpytest("--ph-baseline", str(pytester.path / "base.json"))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*base.json:3: destinations: expected a list*"])
+    assert "Traceback" not in result.stderr.str()
+
+
+GATE_TEST = """
+import pytest
+
+@pytest.mark.phonehome_phases({phases})
+def test_gate(device_session):
+    pass
+"""
+
+
+def test_phase_marker_is_checked_at_collection(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(GATE_TEST.format(phases='"screen-on", "nap"'))
+    result = pytester.runpytest("--device", "virtual:clean", "--collect-only")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*phonehome_phases takes phase names*got nap*"])
+
+
+def test_each_phone_is_one_parametrization_with_a_readable_id(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(GATE_TEST.format(phases='"lock"'))
+    pytester.makeini("[pytest]\nphonehome_device =\n    virtual:clean\n    virtual:nokia7plus-2019\n")
+    result = pytester.runpytest("--collect-only", "-q")
+    result.stdout.fnmatch_lines(["*test_gate[[]virtual-clean[]]", "*test_gate[[]virtual-nokia7plus-2019[]]"])
+
+
+def test_no_phone_is_one_usage_error(pytester: pytest.Pytester, empty_adb_server: dict[str, str],
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ANDROID_SERIAL", raising=False)
+    pytester.makepyfile(GATE_TEST.format(phases='"lock"'))
+    result = pytester.runpytest_subprocess("--collect-only")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*no phone to gate*give --device SERIAL*"])
+
+
+def test_a_phone_not_attached_is_named_masked(pytester: pytest.Pytester, empty_adb_server: dict[str, str]) -> None:
+    pytester.makepyfile(GATE_TEST.format(phases='"lock"'))
+    result = pytester.runpytest_subprocess("--device", "R58M123456", "--collect-only")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--device: device serial …456 not found*"])
+    assert "R58M123456" not in result.stdout.str() + result.stderr.str()

@@ -13,7 +13,7 @@ import logging
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.analyzer.model import Finding, Status
 from harness.device.device import Device
@@ -23,8 +23,10 @@ from harness.device.lifecycle import Timeouts
 from harness.errors import DeviceError
 from harness.gate.recording import Outcome, Recording
 from harness.identifiers import mask_serial
-from harness.plugin.options import GateOptions
 from harness.profile import Profile, load_profile
+
+if TYPE_CHECKING:
+    from harness.plugin.options import GateOptions
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import pytest
 from harness.gate.evidence import allure_failure, write_device_summary
 from harness.gate.session import device_id
 from harness.plugin.options import GateOptions, add_options, parse_options
-from harness.plugin.state import OPTIONS_KEY, SESSIONS_KEY, STARTED_KEY, model_of
+from harness.plugin.state import OPTIONS_KEY, PROBLEM_KEY, SESSIONS_KEY, STARTED_KEY, model_of
 from harness.profile import PHASES
 
 MARKERS = [
@@ -96,15 +96,20 @@ def _devices(config: pytest.Config, *, required: bool = True) -> list[str]:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if DEVICE_FIXTURE not in metafunc.fixturenames:
         return
-    specs = _devices(metafunc.config)
-    params = []
-    for spec in specs:
-        name = device_id(spec, model_of(metafunc.config, spec))
-        params.append(pytest.param(spec, id=name))
+    try:
+        params = [pytest.param(spec, id=device_id(spec, model_of(metafunc.config, spec)))
+                  for spec in _devices(metafunc.config)]
+    except pytest.UsageError as exc:
+        # raised here it would read as a collection error with a traceback: say it once, after collection
+        metafunc.config.stash[PROBLEM_KEY] = str(exc)
+        params = [pytest.param(None, id="no-phone")]
     metafunc.parametrize(DEVICE_FIXTURE, params, indirect=True)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    problem = config.stash.get(PROBLEM_KEY, None)
+    if problem:
+        raise pytest.UsageError(problem)
     for item in items:
         marker = item.get_closest_marker("phonehome_phases")
         if marker is not None:

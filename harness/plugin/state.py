@@ -7,7 +7,6 @@ import logging
 import pytest
 
 from harness.gate.session import VIRTUAL, DeviceSession
-from harness.identifiers import mask_serial
 from harness.plugin.options import GateOptions
 
 log = logging.getLogger(__name__)
@@ -16,6 +15,7 @@ OPTIONS_KEY = pytest.StashKey[GateOptions]()
 SESSIONS_KEY = pytest.StashKey[dict[str, DeviceSession]]()  # --device value -> its session (this process)
 MODELS_KEY = pytest.StashKey[dict[str, str | None]]()  # --device value -> model, read once for test ids
 STARTED_KEY = pytest.StashKey[float]()
+PROBLEM_KEY = pytest.StashKey[str]()  # a usage error found while parametrizing, raised after collection
 
 
 def model_of(config: pytest.Config, spec: str) -> str | None:
@@ -34,4 +34,4 @@ def _read_model(spec: str) -> str | None:
         adb = open_device(parse_spec(spec), timeout=10)
         return adb.script("getprop ro.product.model", timeout=10).stdout.strip() or None
     except PhonehomeError as exc:
-        raise pytest.UsageError(f"--device {mask_serial(spec)}: {exc}") from None
+        raise pytest.UsageError(f"--device: {exc}") from None
