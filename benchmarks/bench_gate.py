@@ -112,9 +112,10 @@ def per_cycle(quick: bool, artifacts: Path) -> None:
     print(f"the gate's cycle       {g:6.2f} s  ratio {g / b:.2f}x, the harness adds {g - b:.2f} s per cycle")
 
 
-def _gate_run(phones: tuple[str, ...], workers: int, artifacts: Path, env: dict[str, str], scenarios: str) -> float:
+def _gate_run(phones: tuple[str, ...], workers: int, artifacts: Path, env: dict[str, str], scenarios: str,
+              extra: list[str]) -> float:
     command = [sys.executable, "-m", "pytest", "--pyargs", "harness.scenarios", "-p", "no:cacheprovider", "-q",
-               f"--ph-artifacts={artifacts}", "-k", scenarios, *[f"--device=virtual:{p}" for p in phones]]
+               f"--ph-artifacts={artifacts}", "-k", scenarios, *extra, *[f"--device=virtual:{p}" for p in phones]]
     command += ["-n", str(workers)] if workers > 1 else ["-p", "no:xdist"]
     start = time.perf_counter()
     done = subprocess.run(command, env={**os.environ, **env}, cwd=artifacts.parent, capture_output=True, text=True,
@@ -127,11 +128,12 @@ def _gate_run(phones: tuple[str, ...], workers: int, artifacts: Path, env: dict[
 
 def parallel(quick: bool, base: Path) -> None:
     phones = PARALLEL_PHONES[:2] if quick else PARALLEL_PHONES
-    scenarios = "power_up" if quick else "not cycles"
+    scenarios = "screen_activation" if quick else "not cycles"
     with _private_adb() as env:
-        one = _gate_run(phones, 1, base / "serial" / "artifacts", env, scenarios)
-        many = _gate_run(phones, len(phones), base / "parallel" / "artifacts", env, scenarios)
-    print(f"== {len(phones)} virtual phones, scenarios `{scenarios}` ==")
+        dwell = ["--ph-dwell=1"] if quick else []
+        one = _gate_run(phones, 1, base / "serial" / "artifacts", env, scenarios, dwell)
+        many = _gate_run(phones, len(phones), base / "parallel" / "artifacts", env, scenarios, dwell)
+    print(f"== {len(phones)} virtual phones, scenarios `{scenarios}`{' (dwell 1 s)' if quick else ''} ==")
     print(f"one worker, phones in turn   {one:6.1f} s  (baseline)")
     print(f"-n {len(phones)}, a worker per phone   {many:6.1f} s  speed-up {one / many:.2f}x "
           f"(ideal {len(phones)}x)")
