@@ -121,7 +121,10 @@ _STATUS_WORD = {Status.CLEAN: "CLEAN", Status.LEAK: "LEAK", Status.UNVERIFIED: "
 def _when(epoch: float | None) -> str:
     if epoch is None:
         return "-"
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
+    try:
+        return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
+    except (ValueError, OverflowError, OSError):  # a damaged record's timestamp: show the number
+        return f"{epoch:.3f} (not a date)"
 
 
 def _frames(frames: list[int], limit: int = 6) -> str:

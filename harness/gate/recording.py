@@ -245,9 +245,16 @@ class Recording:
         """Wi-Fi off, then on again, then wait until it is connected (read back)."""
         with self.phase("connectivity-change", cycle):
             adb = self.device.adb
-            adb.script("svc wifi disable", timeout=30)
-            time.sleep(WIFI_OFF_SECONDS)
-            adb.script("svc wifi enable", timeout=30)
+            if adb.is_tcp and not adb.serial.startswith(("127.", "localhost:", "[::1]:")):
+                # adb itself rides on Wi-Fi: the phone turns it back on by itself, then adb reconnects
+                adb.script(f"nohup sh -c 'svc wifi disable; sleep {WIFI_OFF_SECONDS:g}; svc wifi enable' "
+                           ">/dev/null 2>&1 &", timeout=30)
+                time.sleep(WIFI_OFF_SECONDS + 2)
+                self.device.recover("Wi-Fi toggled under adb over Wi-Fi")
+            else:
+                adb.script("svc wifi disable", timeout=30)
+                time.sleep(WIFI_OFF_SECONDS)
+                adb.script("svc wifi enable", timeout=30)
             deadline = time.monotonic() + WIFI_BACK_TIMEOUT
             while not self.device.preconditions(enforce=False).wifi_connected:
                 if time.monotonic() > deadline:
