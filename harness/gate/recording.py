@@ -24,12 +24,13 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import allure
+import pytest
 
 from harness.analyzer import analyze
 from harness.analyzer.model import CaptureSummary, Finding, Report, Status
 from harness.capture import CaptureBackend, CaptureResult, build, choose
 from harness.device.lifecycle import BootRecord, StepResult
-from harness.errors import PhonehomeError
+from harness.errors import DeviceError, PhonehomeError
 from harness.gate.timeline import PhaseMark, Timeline
 from harness.profile import DEFAULT_DWELL, DEFAULT_SETTLE
 
@@ -195,10 +196,21 @@ class Recording:
     # --- phases ------------------------------------------------------------------------------
     @contextmanager
     def phase(self, name: str, cycle: int = 1) -> Iterator[PhaseMark]:
-        """Mark a phase (host time) and show it as an Allure step."""
+        """Mark a phase (host time) and show it as an Allure step.
+
+        A phone that fails the phase (did not boot, went offline for good, a step not verified)
+        ends the recording: what was captured is still analysed, so a leak before the failure
+        is reported as a leak; otherwise the scenario is unverified, naming the phase and why.
+        """
         self.start()
-        with allure.step(f"{name} (cycle {cycle})"), self.timeline.phase(name, cycle) as mark:
-            yield mark
+        try:
+            with allure.step(f"{name} (cycle {cycle})"), self.timeline.phase(name, cycle) as mark:
+                yield mark
+        except DeviceError as exc:
+            from harness.gate.evidence import failure_message
+
+            outcome = self.stop(f"{name} (cycle {cycle}) could not be completed: {exc}")
+            pytest.fail(failure_message(self.session, outcome), pytrace=False)
 
     def _dwell(self, name: str) -> None:
         time.sleep(self.dwell.get(name, DEFAULT_DWELL.get(name, 10.0)))
