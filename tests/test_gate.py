@@ -209,3 +209,41 @@ def test_a_capture_that_cannot_see_the_phone_is_unverified_not_clean(
     assert "the canary marker was not seen" in result.out
     data = json.loads((tmp_path / "art" / "virtual-clean" / "findings.json").read_text())
     assert data["status"] == "unverified" and data["findings"] == []
+
+
+def test_a_phone_that_never_finishes_booting_is_unverified_with_the_evidence(
+        netns_available: None, adb_server: dict[str, str], tmp_path: Path) -> None:
+    result = run_gate(tmp_path / "art", "--device=virtual:clean", "--ph-boot-timeout=1", "-k", "power_up")
+    assert result.ret == 1
+    assert "UNVERIFIED (not proven clean; no leak was seen): virtual-clean" in result.out
+    assert "power-up (cycle 1) could not be completed" in result.out and "sys.boot_completed stayed unset" in result.out
+    assert "Traceback" not in result.out
+    data = json.loads((tmp_path / "art" / "virtual-clean" / "findings.json").read_text())
+    assert data["status"] == "unverified" and any("infrastructure, not a finding" in r for r in data["reasons"])
+
+
+def test_demo_command_keeps_its_promise(netns_available: None, tmp_path: Path) -> None:
+    """`phonehome demo` as README's first command runs it: its own private adb server, three phones."""
+    done = subprocess.run([sys.executable, "-m", "harness", "demo", "--artifacts", str(tmp_path / "demo")],
+                          capture_output=True, text=True, timeout=900, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "phonehome demo: OK" in done.stdout
+    assert re.search(r"nokia7plus-2019\s+LEAK .*zzhc\.vnet\.cn as http-body > base64 > json, in power-up, "
+                     r"screen-on, .*lock", done.stdout)
+    assert leaked_values(tmp_path / "demo") == []
+
+
+def test_demo_expectations_fail_a_gate_that_missed_the_incident() -> None:
+    from harness.demo import expectations
+
+    clean = {"status": "clean", "findings": []}
+    leak = {"status": "leak", "findings": [
+        {"rule": "plaintext-identifier", "host": INCIDENT, "phase": phase, "encoding": ["http-body", "base64", "json"]}
+        for phase in ("power-up", "screen-on", "lock")]}
+    assert expectations({"clean": clean, "nokia7plus-fixed": clean, "nokia7plus-2019": leak}) == []
+    assert expectations({"clean": clean, "nokia7plus-fixed": clean, "nokia7plus-2019": clean}) != []
+    missed_lock = {**leak, "findings": leak["findings"][:2]}
+    assert expectations({"clean": clean, "nokia7plus-fixed": clean, "nokia7plus-2019": missed_lock}) == [
+        "nokia7plus-2019: no finding for zzhc.vnet.cn in lock"]
+    assert expectations({"clean": leak, "nokia7plus-fixed": clean, "nokia7plus-2019": leak}) == [
+        "clean should pass the gate, it is leak"]
