@@ -40,7 +40,7 @@ def test_ini_keys(pytester: pytest.Pytester) -> None:
         (["--ph-capture", "wifi"], "*--ph-capture 'wifi': expected gateway*"),
         (["--ph-capture", "file:/nonexistent.pcap"], "*no such capture file*"),
         (["--ph-baseline", "/nonexistent.json"], "*--ph-baseline*no such file*"),
-        (["--device", "a b"], "*--device 'a b': expected SERIAL*"),
+        (["--device", "a b"], "*--device * expected SERIAL*"),
         (["--device", "X1", "--device", "X1"], "*the same phone is named twice*"),
     ],
 )
@@ -97,9 +97,14 @@ def test_no_phone_is_one_usage_error(pytester: pytest.Pytester, empty_adb_server
     result.stderr.fnmatch_lines(["*no phone to gate*give --device SERIAL*"])
 
 
-def test_a_phone_not_attached_is_named_masked(pytester: pytest.Pytester, empty_adb_server: dict[str, str]) -> None:
+def test_a_phone_not_attached_is_unverified_and_named_masked(pytester: pytest.Pytester,
+                                                             empty_adb_server: dict[str, str]) -> None:
     pytester.makepyfile(GATE_TEST.format(phases='"lock"'))
-    result = pytester.runpytest_subprocess("--device", "R58M123456", "--collect-only")
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*--device: device serial …456 not found*"])
-    assert "R58M123456" not in result.stdout.str() + result.stderr.str()
+    result = pytester.runpytest_subprocess("--device", "R58M123456", "--device", "R58M999456",
+                                           f"--ph-artifacts={pytester.path / 'art'}")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*test_gate[[]serial...456-*[]]*", "*UNVERIFIED (not proven clean; no leak was "
+                                 "seen): serial...456-*: the phone could not be opened: device serial …456 not found*"])
+    output = result.stdout.str() + result.stderr.str()
+    assert "R58M123456" not in output and "R58M999456" not in output
+    assert sorted(p.name[:13] for p in (pytester.path / "art").iterdir()) == ["serial...456-"] * 2  # no collision

@@ -30,7 +30,7 @@ from harness.analyzer import analyze
 from harness.analyzer.model import CaptureSummary, Finding, Report, Status
 from harness.capture import CaptureBackend, CaptureResult, build, choose
 from harness.device.lifecycle import BootRecord, StepResult
-from harness.errors import DeviceError, PhonehomeError
+from harness.errors import PhonehomeError
 from harness.gate.timeline import PhaseMark, Timeline
 from harness.profile import DEFAULT_DWELL, DEFAULT_SETTLE
 
@@ -119,14 +119,36 @@ class Recording:
         choice = choose(options.capture, session.profile, virtual=session.virtual is not None)
         self.backend = choice.backend
         network = session.virtual.network if session.virtual is not None else None
-        self.capture = build(choice, self.path, adb=self.device.adb, network=network)
-        self.capture.start()
+        capture = build(choice, self.path, adb=self.device.adb, network=network)
+        capture.start()
+        self.capture = capture
         self._preconditions()
         return self
 
+    @contextmanager
+    def failing_closed(self, what: str) -> Iterator[None]:
+        """A phone or capture problem ends the scenario with a one-line verdict, never a traceback.
+
+        What was captured until then is analysed first, so a leak before the failure is a leak;
+        otherwise the scenario is unverified, naming what could not be done and why.
+        """
+        try:
+            yield
+        except PhonehomeError as exc:
+            from harness.gate.evidence import failure_message
+
+            problem = f"{what} could not be completed: {exc}"
+            if self.capture is not None and self.outcome is None:
+                pytest.fail(failure_message(self.session, self.stop(problem)), pytrace=False)
+            self.session.errors.append(f"{self.name}: {problem}")
+            pytest.fail(f"UNVERIFIED (not proven clean; no leak was seen): {self.session.id}, scenario {self.name}: "
+                        f"{problem}", pytrace=False)
+
     def stop(self, problem: str | None = None) -> Outcome:
         """Send the canary, stop the capture, analyse it; `problem` makes a clean result unverified."""
-        self.start()
+        if self.capture is None:
+            with self.failing_closed("starting the capture"):
+                self.start()
         if self.outcome is None:
             if problem:
                 self.reasons.append(problem)
@@ -159,10 +181,16 @@ class Recording:
                 marker = self.capture.send_canary(self.device.adb).marker
             except PhonehomeError as exc:
                 self.reasons.append(f"the canary could not be sent: {exc}")
-            result = self.capture.stop()
+            try:
+                result = self.capture.stop()
+            except PhonehomeError as exc:
+                self.reasons.append(f"the capture did not stop cleanly: {exc}")
+                result = self.capture.result()
         self.reasons += [f"capture: {error}" for error in result.errors]
         harvest = session.harvest
         assert harvest is not None
+        if session.profile is None:  # the analyzer applies a profile's `require`; without one, the default
+            self.reasons += self.device.missing_identifiers(harvest)
         try:
             report = analyze(result.path, harvest.identifiers, profile=session.profile, canary=marker,
                              exclude=result.exclude, blind_windows=result.blind_windows, coverage=harvest.coverage)
@@ -202,15 +230,10 @@ class Recording:
         ends the recording: what was captured is still analysed, so a leak before the failure
         is reported as a leak; otherwise the scenario is unverified, naming the phase and why.
         """
-        self.start()
-        try:
+        with self.failing_closed(f"{name} (cycle {cycle})"):
+            self.start()
             with allure.step(f"{name} (cycle {cycle})"), self.timeline.phase(name, cycle) as mark:
                 yield mark
-        except DeviceError as exc:
-            from harness.gate.evidence import failure_message
-
-            outcome = self.stop(f"{name} (cycle {cycle}) could not be completed: {exc}")
-            pytest.fail(failure_message(self.session, outcome), pytrace=False)
 
     def _dwell(self, name: str) -> None:
         time.sleep(self.dwell.get(name, DEFAULT_DWELL.get(name, 10.0)))
@@ -221,8 +244,9 @@ class Recording:
 
     def power_up(self, cycle: int = 1) -> BootRecord:
         """Reset to first-registration state, reboot, wait boot_completed, then `settle` seconds."""
-        self.device.reset()
-        self.start()
+        with self.failing_closed("the reset before power-up"):
+            self.device.reset()
+            self.start()
         assert self.capture is not None
         self.capture.before_reboot()
         with self.phase("power-up", cycle):
@@ -264,9 +288,11 @@ class Recording:
                 time.sleep(WIFI_OFF_SECONDS + 2)
                 self.device.recover("Wi-Fi toggled under adb over Wi-Fi")
             else:
-                adb.script("svc wifi disable", timeout=30)
-                time.sleep(WIFI_OFF_SECONDS)
-                adb.script("svc wifi enable", timeout=30)
+                try:
+                    adb.script("svc wifi disable", timeout=30)
+                    time.sleep(WIFI_OFF_SECONDS)
+                finally:  # never leave the phone without Wi-Fi, also on Ctrl-C
+                    adb.script("svc wifi enable", timeout=30)
             deadline = time.monotonic() + WIFI_BACK_TIMEOUT
             while not self.device.preconditions(enforce=False).wifi_connected:
                 if time.monotonic() > deadline:

@@ -35,24 +35,32 @@ VIRTUAL = "virtual:"
 
 def slug(text: str) -> str:
     """A file- and test-id-safe form of a label (no spaces or slashes)."""
-    return re.sub(r"[^\w.…+-]+", "_", text).strip("_") or "device"
+    return re.sub(r"[^\w.+-]+", "_", text).strip("_") or "device"
+
+
+_MDNS = re.compile(r"adb-(?P<serial>[^-]+)-\w+\._adb-tls-connect\._tcp\.?(?P<rest>@.*)?")
 
 
 def device_id(spec: str, model: str | None = None) -> str:
     """The readable id of a `--device` value in test ids and artifact paths: model + masked serial."""
     if spec.startswith(VIRTUAL):
         return slug(f"virtual-{spec[len(VIRTUAL):]}")
-    shown = mask_serial(spec).replace("serial ", "")
-    return slug(f"{model}-{shown}" if model else shown)
+    wireless = _MDNS.fullmatch(spec)  # Android 11+ wireless debugging: adb-<hardware serial>-<id>._adb-tls-connect
+    if wireless:
+        spec = wireless["serial"] + (wireless["rest"] or "")
+    shown = mask_serial(spec).replace("serial …", "...")  # ASCII: pytest escapes other characters in ids
+    if model:
+        return slug(f"{model}-{shown}")
+    return slug(f"serial{shown}" if shown.startswith("...") else shown)
 
 
 class DeviceSession:
     """A phone under the gate, from `open()` to `close()` (settings restored, lock released)."""
 
-    def __init__(self, spec: str, options: GateOptions, *, model: str | None = None) -> None:
+    def __init__(self, spec: str, options: GateOptions, *, name: str | None = None) -> None:
         self.spec = spec
         self.options = options
-        self.id = device_id(spec, model)
+        self.id = name or device_id(spec)
         self.artifacts = options.artifacts / self.id
         self.profile: Profile | None = None
         self.device: Device | None = None
@@ -64,6 +72,7 @@ class DeviceSession:
         self.policy_findings: list[Finding] = []  # findings without a capture: package audit, baseline diff
         self.errors: list[str] = []  # what kept the session from running at all (unverified)
         self.opened_at: float | None = None
+        self.recording_names: set[str] = set()
 
     # --- life --------------------------------------------------------------------------------
     def open(self) -> DeviceSession:
@@ -87,16 +96,23 @@ class DeviceSession:
         return self
 
     def close(self) -> list[str]:
-        """Restore the phone's settings and release it; a virtual phone is powered off."""
+        """Restore the phone's settings and release it; a virtual phone is powered off. Never raises."""
         problems: list[str] = []
-        if self.device is not None:
-            problems = self.device.close()
+        try:
+            if self.device is not None:
+                problems = self.device.close()
+        except Exception as exc:  # closing must go on to the virtual phone and the other phones
+            problems.append(f"closing the phone failed ({type(exc).__name__}: {exc})")
+        finally:
             self.device = None
-        if self.virtual is not None:
-            with contextlib.suppress(Exception):  # already gone is fine when closing
-                self._adb_client().disconnect(self.virtual.serial)
-            self.virtual.stop()
-            self.virtual = None
+            if self.virtual is not None:
+                with contextlib.suppress(Exception):  # already gone is fine when closing
+                    self._adb_client().disconnect(self.virtual.serial)
+                try:
+                    self.virtual.stop()
+                except Exception as exc:
+                    problems.append(f"stopping the virtual phone failed ({type(exc).__name__}: {exc})")
+                self.virtual = None
         return problems
 
     def _load_profile(self) -> Profile | None:
@@ -128,10 +144,18 @@ class DeviceSession:
 
     # --- use ---------------------------------------------------------------------------------
     def record(self, name: str) -> Recording:
-        """`with session.record("power-up") as rec:` a capture around the scenario's phases."""
+        """`with session.record("power-up") as rec:` a capture around the scenario's phases.
+
+        Names are unique within the run (`lock`, `lock-2`...): no recording overwrites another's evidence.
+        """
         if self.device is None or self.harvest is None:
             raise DeviceError(f"{self.id}: the phone is not open")
-        return Recording(self, name)
+        base, number = slug(name), 2
+        unique = base
+        while unique in self.recording_names:
+            unique, number = f"{base}-{number}", number + 1
+        self.recording_names.add(unique)
+        return Recording(self, unique)
 
     def audit_packages(self) -> list[Finding]:
         """Installed catalog activation clients this phone's profile does not approve."""

@@ -18,15 +18,15 @@ from typing import Any
 import allure
 import pytest
 
-from harness.analyzer.model import Report
+from harness.analyzer.model import Report, Status
 from harness.device.device import Device
 from harness.device.identifiers import Harvest
 from harness.errors import PhonehomeError
-from harness.gate.evidence import allure_device, junit_properties, write_device_summary
+from harness.gate.evidence import allure_device, failure_message, junit_properties, write_device_summary
 from harness.gate.recording import Recording
-from harness.gate.session import DeviceSession, device_id
+from harness.gate.session import DeviceSession
 from harness.plugin.options import GateOptions
-from harness.plugin.state import OPTIONS_KEY, SESSIONS_KEY, model_of
+from harness.plugin.state import OPTIONS_KEY, SESSIONS_KEY, ids_for
 from harness.profile import Profile
 
 
@@ -48,16 +48,20 @@ def device_session(request: pytest.FixtureRequest, phonehome_options: GateOption
         raise pytest.UsageError("device_session needs a phone: run with --device SERIAL (or virtual:NAME)")
     sessions = request.config.stash[SESSIONS_KEY]
     session = sessions.get(spec)
-    allure.dynamic.parameter("device_session", device_id(spec, model_of(request.config, spec)))
+    name = ids_for(request.config, [spec])[spec]
+    allure.dynamic.parameter("device_session", name)  # pytest's own value is the raw --device value
     if session is None:
-        session = sessions[spec] = DeviceSession(spec, phonehome_options, model=model_of(request.config, spec))
+        session = sessions[spec] = DeviceSession(spec, phonehome_options, name=name)
         try:
             session.open()
         except PhonehomeError as exc:
             session.errors.append(f"the phone could not be opened: {exc}")
-    if session.errors and session.device is None:
+        except Exception as exc:  # a bug or the host (permissions, adb itself): still this phone's verdict
+            session.errors.append(f"the phone could not be opened ({type(exc).__name__}): {exc}")
+    if session.device is None:
         write_device_summary(session)
-        pytest.fail(f"UNVERIFIED: {session.id}: {session.errors[0]}", pytrace=False)
+        reason = session.errors[0] if session.errors else "the phone is closed"
+        pytest.fail(f"UNVERIFIED (not proven clean; no leak was seen): {session.id}: {reason}", pytrace=False)
     allure_device(session)
     try:
         yield session
@@ -88,18 +92,23 @@ def policy(device_session: DeviceSession) -> Profile | None:
 @pytest.fixture
 def recording(request: pytest.FixtureRequest, device_session: DeviceSession) -> Iterator[Recording]:
     """A capture running on the phone for this test; `stop()` returns the analysed Outcome."""
-    name = request.node.originalname if hasattr(request.node, "originalname") else request.node.name
-    rec = device_session.record(name.removeprefix("test_").replace("_", "-"))  # starts at its first phase
-    try:
-        yield rec
-    finally:
-        if rec.started and rec.outcome is None and not rec.aborted:  # no stop(): analyse what was captured
-            failed = getattr(request.node, "phonehome_call_failed", False)
-            rec.stop(f"{rec.name} did not run to the end" if failed else None)
-        for key, value in junit_properties(device_session, rec.outcome):
-            request.node.user_properties.append((key, value))
-        if rec.outcome is not None:
-            request.node.phonehome_outcome = rec.outcome
+    rec = device_session.record(recording_name(request.node.name, device_session.id))  # starts at its first phase
+    yield rec
+    passed = getattr(request.node, "phonehome_call_passed", False)
+    if rec.started and rec.outcome is None and not rec.aborted:  # no stop(): analyse what was captured
+        rec.stop(None if passed else f"{rec.name} did not run to the end")
+    for key, value in junit_properties(device_session, rec.outcome):
+        request.node.user_properties.append((key, value))
+    if passed and rec.outcome is not None and rec.outcome.status is not Status.CLEAN:
+        # a scenario that never asserted must not pass a phone its own capture does not prove clean
+        pytest.fail(failure_message(device_session, rec.outcome), pytrace=False)
+
+
+def recording_name(test_name: str, device: str) -> str:
+    """`test_power_up[virtual-clean]` -> `power-up`; other parameters stay in the name."""
+    base, _, params = test_name.removeprefix("test_").partition("[")
+    rest = params.removesuffix("]").replace(device, "").replace("--", "-").strip("-")
+    return base.replace("_", "-") + (f"[{rest}]" if rest else "")
 
 
 @pytest.fixture

@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 
 from harness.gate.evidence import allure_failure, write_device_summary
-from harness.gate.session import device_id
 from harness.plugin.options import GateOptions, add_options, parse_options
-from harness.plugin.state import OPTIONS_KEY, PROBLEM_KEY, SESSIONS_KEY, STARTED_KEY, model_of
+from harness.plugin.state import OPTIONS_KEY, PROBLEM_KEY, SESSIONS_KEY, STARTED_KEY, ids_for
 from harness.profile import PHASES
 
 MARKERS = [
+    "phonehome_after_scenarios: runs after every other test (it reads what they recorded, e.g. the baseline diff)",
     "phonehome_phases(*names): the phases a gate scenario drives (power-up, screen-on, unlock, idle, lock, "
     "connectivity-change); checked at collection",
 ]
@@ -49,7 +49,10 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
         return None
     from xdist.scheduler import LoadScopeScheduling
 
-    names = [device_id(spec, model_of(config, spec)) for spec in _devices(config, required=False)]
+    try:
+        names = list(ids_for(config, _devices(config)).values())
+    except pytest.UsageError:
+        names = []  # no phone: the collection reports it
 
     class PhoneScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
@@ -78,10 +81,10 @@ def _check_files(options: GateOptions) -> None:
         raise pytest.UsageError(str(exc)) from None
 
 
-def _devices(config: pytest.Config, *, required: bool = True) -> list[str]:
+def _devices(config: pytest.Config) -> list[str]:
     """`--device` values, else ANDROID_SERIAL, else every phone adb lists as ready."""
     options = config.stash[OPTIONS_KEY]
-    if options.devices or not required:
+    if options.devices:
         return list(options.devices)
     from harness.device.select import resolve
     from harness.errors import PhonehomeError
@@ -97,8 +100,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if DEVICE_FIXTURE not in metafunc.fixturenames:
         return
     try:
-        params = [pytest.param(spec, id=device_id(spec, model_of(metafunc.config, spec)))
-                  for spec in _devices(metafunc.config)]
+        params = [pytest.param(spec, id=name) for spec, name in ids_for(metafunc.config,
+                                                                         _devices(metafunc.config)).items()]
     except pytest.UsageError as exc:
         # raised here it would read as a collection error with a traceback: say it once, after collection
         metafunc.config.stash[PROBLEM_KEY] = str(exc)
@@ -110,6 +113,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     problem = config.stash.get(PROBLEM_KEY, None)
     if problem:
         raise pytest.UsageError(problem)
+    # scenarios that compare what the others recorded (the baseline diff) run last, per phone too
+    items.sort(key=lambda item: item.get_closest_marker("phonehome_after_scenarios") is not None)
     for item in items:
         marker = item.get_closest_marker("phonehome_phases")
         if marker is not None:
@@ -122,22 +127,35 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
     report = yield
-    if report.when == "call" and report.failed and DEVICE_FIXTURE in getattr(item, "fixturenames", ()):
-        item.phonehome_call_failed = True  # type: ignore[attr-defined]
-        spec = item.callspec.params.get(DEVICE_FIXTURE)  # type: ignore[attr-defined]
-        session = item.config.stash[SESSIONS_KEY].get(spec)
-        if session is not None and session.device is not None:
+    callspec = getattr(item, "callspec", None)
+    if callspec is None or DEVICE_FIXTURE not in callspec.params:
+        return report
+    if report.when == "call" and report.passed:
+        item.phonehome_call_passed = True  # type: ignore[attr-defined]
+    session = item.config.stash[SESSIONS_KEY].get(callspec.params[DEVICE_FIXTURE])
+    if report.failed and session is not None:
+        # whatever the test's own verdict, the phone is not proven clean (a leak still wins)
+        session.errors.append(f"{item.name} failed ({report.when})")
+        if report.when == "call" and session.device is not None:
             allure_failure(session)
     return report
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Close every phone this process opened (settings restored, virtual phones off), write summaries."""
+    """Close every phone this process opened (settings restored, virtual phones off), write summaries.
+
+    Runs last, after the interrupted test's own teardown (Ctrl-C) stopped its recording. The run
+    fails when any phone is not clean, even if no test asserted it.
+    """
     for device_session in session.config.stash.get(SESSIONS_KEY, {}).values():
         problems = device_session.close()
         device_session.errors += [f"restoring the phone: {p}" for p in problems]
         if device_session.opened_at is not None:
             write_device_summary(device_session)
+    if not hasattr(session.config, "workerinput") and session.exitstatus == 0 and \
+            any(data.get("status") != "clean" for data in _summaries(session.config)):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def _summaries(config: pytest.Config) -> list[dict[str, Any]]:

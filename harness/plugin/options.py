@@ -7,11 +7,14 @@ with pytest (`--capture`) or other plugins; each is also an ini key prefixed `ph
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from harness.identifiers import mask_serial
 
 DEVICE_FORMS = "SERIAL, IP:PORT, SERIAL@HOST:PORT or virtual:NAME"
 CAPTURE_FORMS = "gateway[:IFACE], device, pcapdroid or file:PATH"
@@ -72,6 +75,8 @@ def _number(config: pytest.Config, name: str, default: float, *, minimum: float,
     except ValueError:
         kind = "a whole number" if integer else "a number of seconds"
         raise pytest.UsageError(f"--ph-{name.replace('_', '-')}: expected {kind}, got {raw!r}") from None
+    if not math.isfinite(value):
+        raise pytest.UsageError(f"--ph-{name.replace('_', '-')}: expected a finite number, got {raw!r}")
     if value < minimum:
         raise pytest.UsageError(f"--ph-{name.replace('_', '-')}: must be at least {minimum:g}, got {raw!r}")
     return value
@@ -82,7 +87,7 @@ def parse_options(config: pytest.Config) -> GateOptions:
     devices = list(config.getoption("device") or []) or list(config.getini("phonehome_device"))
     for device in devices:
         if not _DEVICE.fullmatch(device):
-            raise pytest.UsageError(f"--device {device!r}: expected {DEVICE_FORMS}")
+            raise pytest.UsageError(f"--device {mask_serial(device)!r}: expected {DEVICE_FORMS}")
     if len(set(devices)) != len(devices):
         raise pytest.UsageError("--device: the same phone is named twice")
     capture = _value(config, "capture")

@@ -40,6 +40,7 @@ from harness.virtual.shell import (
     CommandTable,
     EmptyReader,
     Proc,
+    ProcessTable,
     Reader,
     Shell,
     Writer,
@@ -55,6 +56,23 @@ LAUNCHER_ACTIVITY = "com.android.launcher3.uioverrides.QuickstepLauncher"
 SYSTEMUI = "com.android.systemui"
 PCAPDROID = "com.emanuelef.remote_capture"
 U2_PORT_DEFAULT = 9008
+# packages that run under a shared system UID (their manifests' sharedUserId; AIDs from AOSP
+# system/core/libcutils/include/private/android_filesystem_config.h)
+SHARED_UIDS = {"android": 1000, "com.android.providers.settings": 1000, "com.android.settings": 1000,
+               "com.android.phone": 1001, "com.android.providers.telephony": 1001, "com.android.shell": 2000,
+               "com.android.networkstack": 1073, "com.google.android.networkstack": 1073}
+_USER_UIDS = {"root": 0, "system": 1000, "radio": 1001, "logd": 1036, "shell": 2000}
+PROC_NET = ("tcp", "tcp6", "udp", "udp6")
+# the header line of each table when the namespace has no socket of that kind (Linux net/ipv4, net/ipv6)
+PROC_NET_EMPTY = {
+    "tcp": "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n",
+    "udp": "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref "
+           "pointer drops\n",
+    "tcp6": "  sl  local_address                         remote_address                        st tx_queue rx_queue "
+            "tr tm->when retrnsmt   uid  timeout inode\n",
+    "udp6": "  sl  local_address                         remote_address                        st tx_queue rx_queue "
+            "tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n",
+}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -357,9 +375,19 @@ class VirtualFS:
         self._nodes[path] = Node(0o120777, int(time.time()), target=target)
 
     def add_host_file(self, path: str, host: Path) -> None:
-        """A file whose bytes live on the host (a capture being written); pull reads it live."""
+        """A file whose bytes live on the host (a capture being written); pull reads it live.
+
+        Missing directories are created like the app that writes it would, writable by whoever
+        may write their parent (the shell, in shared storage)."""
         real = self._resolve(path)
-        self.add_dir(posixpath.dirname(real))
+        directory = posixpath.dirname(real)
+        missing: list[str] = []
+        while directory not in self._nodes and directory != "/":
+            missing.insert(0, directory)
+            directory = posixpath.dirname(directory)
+        owner = self._nodes[directory].owner if directory in self._nodes else 0
+        for item in missing:
+            self._nodes[item] = Node(0o040771, int(time.time()), owner=owner)
         self._nodes[real] = Node(0o100660, int(time.time()), host=host)
 
     def stat(self, path: str) -> FileStat | None:
@@ -638,7 +666,8 @@ class AndroidDevice:
         self.dialogs: list[Dialog] = []
         self._motion: list[tuple[float, float]] = []
         self.background: set[asyncio.Task[Any]] = set()
-        self.pids = 4000
+        self.procs = ProcessTable(4000, others=lambda: {pid: _user_uid(user)
+                                                        for user, pid, _pp, _n in self._static_processes()})
         self._ui_listeners: list[Callable[[], None]] = []
         self.packages = self._packages()
         self.u2: Any = None  # uiautomator.U2Server while app_process runs it
@@ -836,15 +865,14 @@ class AndroidDevice:
         uid = 10020
         for name, (label, path, activity) in base.items():
             uid += 1
-            system_uid = 1000 if name in ("android", "com.android.providers.settings") else uid
             packages[name] = self.Package(name, str(self.spec.android), self.spec.sdk * 1000, True, path,
-                                          system_uid, label, activity)
+                                          SHARED_UIDS.get(name, uid), label, activity)
         for name, version in (self.spec.packages or {}).items():
             uid += 1
             short = name.rsplit(".", 1)[-1]
             digits = re.sub(r"\D", "", str(version)) or "1"
             packages[name] = self.Package(name, str(version), int(digits[:9]), True,
-                                          f"/system/priv-app/{short}/{short}.apk", uid, short)
+                                          f"/system/priv-app/{short}/{short}.apk", SHARED_UIDS.get(name, uid), short)
         if self.spec.pcapdroid:
             packages[PCAPDROID] = self.Package(
                 PCAPDROID, "1.7.5", 78, False, self._data_app_path(PCAPDROID), 10180, "PCAPdroid",
@@ -892,11 +920,20 @@ class AndroidDevice:
             fs.add_file(pkg.path, b"PK\x03\x04", 0o100644)
         fs.add_file("/system/build.prop", "".join(f"{k}={v}\n" for k, v in self.props().items()
                                                   if k.startswith("ro.")).encode())
+        for name in PROC_NET:  # the kernel's socket tables of the phone's namespace (owner uid included)
+            fs.add_dynamic(f"/proc/net/{name}", functools.partial(self._proc_net, name))
         fs.add_dynamic("/sys/class/net/wlan0/address", lambda: (self.wlan_mac() + "\n").encode())
         fs.add_dynamic("/proc/uptime", lambda: f"{self.uptime():.2f} {self.uptime() * 1.7:.2f}\n".encode())
         fs.add_dynamic("/proc/version", lambda: (
             f"Linux version {self.release.kernel} (android-build@build-host) (clang version 12.0.5) "
             "#1 SMP PREEMPT Tue Feb 5 12:00:00 UTC 2019\n").encode())
+
+    def _proc_net(self, name: str) -> bytes:
+        reader = getattr(self.network, "proc_net", None)
+        if reader is not None:
+            with contextlib.suppress(Exception):  # destroyed mid-reboot: the tables are empty
+                return reader(name)
+        return PROC_NET_EMPTY[name].encode()
 
     def factory_mac(self) -> str | None:
         """The burned-in Wi-Fi MAC (identifiers wifi_mac[0])."""
@@ -1311,7 +1348,6 @@ class AndroidDevice:
         return task
 
     def shell(self, uid: int = SHELL_UID) -> Shell:
-        self.pids += 3
         env = {
             "PATH": "/product/bin:/apex/com.android.runtime/bin:/apex/com.android.art/bin:/system_ext/bin:"
                     "/system/bin:/system/xbin:/odm/bin:/vendor/bin:/vendor/xbin",
@@ -1319,7 +1355,7 @@ class AndroidDevice:
             "HOSTNAME": self.device_name, "TMPDIR": "/data/local/tmp", "USER": "shell" if uid else "root",
             "LOGNAME": "shell" if uid else "root", "SHELL": "/bin/sh", "TERM": "dumb",
         }
-        return Shell(self.table, self.fs, uid=uid, env=env, pid=self.pids, spawn=self.spawn)
+        return Shell(self.table, self.fs, uid=uid, env=env, spawn=self.spawn, procs=self.procs)
 
     async def run(self, command: str, io: ShellIO) -> int:
         """Run a command line for adbd; stops it when the peer closes the stream."""
@@ -1411,7 +1447,7 @@ class AndroidDevice:
             "svc": self._svc, "am": self._am, "appops": self._appops, "monkey": self._monkey,
             "id": self._id, "whoami": self._whoami, "uname": self._uname, "getenforce": self._getenforce,
             "date": self._date, "uptime": self._uptime, "ps": self._ps, "pidof": self._pidof,
-            "ip": self._ip, "ifconfig": self._ifconfig, "ping": self._ping, "tcpdump": self._tcpdump,
+            "ip": self._ip, "ss": self._ss, "ifconfig": self._ifconfig, "ping": self._ping, "tcpdump": self._tcpdump,
             "reboot": self._reboot, "app_process": lambda p: uiautomator.app_process(self, p),
             "uiautomator": lambda p: uiautomator.uiautomator_cmd(self, p), "stat": self._stat,
             "content": self._content, "abx2xml": self._abx2xml,
@@ -1870,6 +1906,7 @@ class AndroidDevice:
         system_only = "-s" in args
         third_only = "-3" in args
         versions = "--show-versioncode" in args
+        show_uid = "-U" in args
         skip_next = False
         filt = None
         for arg in args:
@@ -1886,6 +1923,8 @@ class AndroidDevice:
             line = f"package:{pkg.path}={pkg.name}" if show_path else f"package:{pkg.name}"
             if versions:
                 line += f" versionCode:{pkg.version_code}"
+            if show_uid:  # PackageManagerShellCommand.runListPackages, Android 8+
+                line += f" uid:{pkg.uid}"
             lines.append(line + "\n")
         await p.out("".join(lines))
         return 0
@@ -2341,7 +2380,13 @@ class AndroidDevice:
         return 0
 
     def processes(self) -> list[tuple[str, int, int, str]]:
-        """(user, pid, ppid, name) of what runs on the phone, for `ps`."""
+        """(user, pid, ppid, name) of what runs on the phone, for `ps`: its services and the shell's jobs."""
+        rows = self._static_processes()
+        for job in self.procs.running():
+            rows.append(("root" if job.uid == 0 else "shell", job.pid, 567, job.name))
+        return rows
+
+    def _static_processes(self) -> list[tuple[str, int, int, str]]:
         rows = [("root", 1, 0, "init"), ("root", 2, 0, "[kthreadd]"), ("logd", 420, 1, "logd"),
                 ("shell", 567, 1, "adbd"), ("root", 612, 1, "zygote64")]
         if self.boot_completed:
@@ -2430,12 +2475,12 @@ class AndroidDevice:
             await p.err(f"{SH}: su: inaccessible or not found\n")
             return 127
         args = p.argv[1:]
-        root = p.shell.child(uid=0)
+        root = p.shell.child(uid=0, pid=p.pid)  # su execs the shell or command: it keeps su's pid
         if args[:1] == ["-c"]:
             return await root.run(" ".join(args[1:]), p.stdin, p.stdout, p.stderr)
         if args and args[0] in ("0", "root", "-", "shell", "2000"):
             if args[0] in ("shell", "2000"):
-                root = p.shell.child(uid=SHELL_UID)
+                root = p.shell.child(uid=SHELL_UID, pid=p.pid)
             args = args[1:]
         if args[:1] == ["-c"]:
             return await root.run(" ".join(args[1:]), p.stdin, p.stdout, p.stderr)
@@ -2473,6 +2518,7 @@ class AndroidDevice:
             while chunk := await stream.read(256 * 1024):
                 await write(transform(chunk) if transform else chunk)
 
+        p.shell.procs.on_signal(p.pid, functools.partial(_send_signal, proc))  # `kill PID` reaches the tool
         killer = None
         if kill_after is not None:
             killer = asyncio.get_running_loop().call_later(kill_after, _kill, proc)
@@ -2529,6 +2575,13 @@ class AndroidDevice:
             return 1
         await p.out("".join(out))
         return 0
+
+    async def _ss(self, p: Proc) -> int:
+        """iproute2's `ss` (in /system/bin since Android 9), run on the phone's namespace."""
+        if self.network is None:
+            await p.out("Netid State  Recv-Q Send-Q Local Address:Port  Peer Address:Port Process\n")
+            return 0
+        return await self.run_in_netns(["ss", *p.argv[1:]], p)
 
     async def _ping(self, p: Proc) -> int:
         if self.network is None:
@@ -2610,6 +2663,19 @@ class _CrLf:
 class _Discard:
     async def write(self, data: bytes) -> None:
         return None
+
+
+def _user_uid(user: str) -> int:
+    """`ps` user name -> uid (`u0_a34` is 10034)."""
+    if user.startswith("u0_a") and user[4:].isdigit():
+        return 10000 + int(user[4:])
+    return _USER_UIDS.get(user, 9999)
+
+
+def _send_signal(proc: asyncio.subprocess.Process, sig: int) -> None:
+    if sig and proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
 
 
 def _kill(proc: asyncio.subprocess.Process) -> None:

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import datetime as dt
 import json
+import os
 import secrets
 import socket
 import ssl
@@ -43,6 +45,8 @@ EVENTS = ("boot", "power-up", "screen-on", "unlock", "idle", "lock", "connectivi
 TIMEOUT = 8.0
 SENT_KEPT = 10000  # a phone left running sends forever: keep the most recent records
 SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
+# the app uid of the client whose request is being sent (each trigger runs in its own task)
+_CLIENT_UID: contextvars.ContextVar[int | None] = contextvars.ContextVar("client_uid", default=None)
 
 
 def static_values(spec: VirtualSpec) -> dict[str, str]:
@@ -99,6 +103,7 @@ class FirmwareRunner:
         self.state_dir = Path(state_dir)
         self.state_path = self.state_dir / "firmware-state.json"
         self.logcat: Callable[[str, str, str], Any] | None = None  # set by the device model
+        self.package_uids: dict[str, int] = {}  # package -> app uid, set by the device model
         self._registered = self._load_state()
         self._sent: deque[dict[str, Any]] = deque(maxlen=SENT_KEPT)
         self._lock = threading.Lock()
@@ -150,6 +155,7 @@ class FirmwareRunner:
             "dns_server": self.network.dns_server,
             "private_dns_host": spec.private_dns_host,
             "ca_file": str(Path(self.network.run_dir) / "ca.pem"),
+            "uids": dict(self.package_uids),
             "wifi_iface": getattr(self.network, "wifi_iface", "wlan0"),
             "cell_iface": getattr(self.network, "cell_iface", "rmnet_data0"),
             "user_agent": f"Dalvik/2.1.0 (Linux; U; Android {spec.android}; {spec.model} Build/{values['build_id']})",
@@ -285,6 +291,7 @@ class Firmware:
         self.dns_server: str = config["dns_server"]
         self.private_dns_host: str | None = config["private_dns_host"]
         self.ca_file: str = config["ca_file"]
+        self.uids: dict[str, int] = {str(k): int(v) for k, v in config.get("uids", {}).items()}
         self.wifi_iface: str = config["wifi_iface"]
         self.cell_iface: str = config["cell_iface"]
         self.user_agent: str = config["user_agent"]
@@ -356,6 +363,7 @@ class Firmware:
             "port": client.port, "network": client.network, "path": client.path if client.transport in
             ("http", "https", "coap") else None, "time": time.time(), "ok": False, "status": None, "error": None,
         }
+        _CLIENT_UID.set(self.uids.get(client.package))
         try:
             status, body, record["dst"] = await asyncio.wait_for(self.send(client), TIMEOUT)
             record["status"] = status
@@ -412,7 +420,13 @@ class Firmware:
         return self.cell_iface if client.network == "cellular" else None
 
     def new_socket(self, kind: int, device: str | None) -> socket.socket:
+        """A socket owned by the sending client's app uid, as the kernel shows it in /proc/net and
+        `ss -e` (Android's DnsResolver likewise fchown()s the sockets it opens for an app)."""
         sock = socket.socket(socket.AF_INET, kind)
+        uid = _CLIENT_UID.get()
+        if uid is not None:
+            with contextlib.suppress(OSError):
+                os.fchown(sock.fileno(), uid, -1)
         if device is not None:
             sock.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, device.encode())
         sock.setblocking(False)

@@ -424,6 +424,13 @@ class PhoneNetwork:
     def internet_exec_argv(self, argv: list[str]) -> list[str]:
         return ["ip", "netns", "exec", self.internet_ns, *argv]
 
+    def proc_net(self, name: str) -> bytes:
+        """The kernel's `/proc/net/NAME` (tcp, tcp6, udp, udp6) as seen inside the phone's namespace."""
+        if name not in ("tcp", "tcp6", "udp", "udp6"):
+            raise ValueError(name)
+        self._check()
+        return in_netns(self.phone_ns, lambda: Path("/proc/thread-self/net", name).read_bytes())
+
     def phone_socket(self, family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM) -> socket.socket:
         """A socket created inside the phone's namespace (it stays there)."""
         self._check()

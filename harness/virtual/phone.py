@@ -229,6 +229,8 @@ class VirtualPhone:
 
             self.firmware = FirmwareRunner(spec, self.network, self.state_dir)
             device.firmware = self.firmware
+            if hasattr(self.firmware, "package_uids"):  # its sockets belong to their apps' uids
+                self.firmware.package_uids = {name: pkg.uid for name, pkg in device.packages.items()}
             if hasattr(self.firmware, "logcat"):  # its clients' log lines go to the phone's logcat
                 self.firmware.logcat = device.log
         await self._boot()

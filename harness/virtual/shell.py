@@ -478,6 +478,7 @@ class Proc:
     stdout: Writer
     stderr: Writer
     shell: Shell
+    pid: int = 0
 
     async def out(self, data: str | bytes) -> None:
         await self.stdout.write(data.encode() if isinstance(data, str) else data)
@@ -528,8 +529,89 @@ class CommandTable:
         return sorted(self._handlers)
 
 
+@dataclass(slots=True)
+class Job:
+    """One running process of the phone's shell: a command's task, or a real tool behind `on_signal`."""
+
+    pid: int
+    uid: int
+    name: str
+    task: asyncio.Task[object] | None
+    on_signal: Callable[[int], None] | None = None
+    signalled: int | None = None
+
+
+SIGNALS = {"HUP": 1, "INT": 2, "QUIT": 3, "ILL": 4, "TRAP": 5, "ABRT": 6, "BUS": 7, "FPE": 8, "KILL": 9,
+           "USR1": 10, "SEGV": 11, "USR2": 12, "PIPE": 13, "ALRM": 14, "TERM": 15, "STKFLT": 16, "CHLD": 17,
+           "CONT": 18, "STOP": 19, "TSTP": 20, "TTIN": 21, "TTOU": 22, "URG": 23, "XCPU": 24, "XFSZ": 25,
+           "VTALRM": 26, "PROF": 27, "WINCH": 28, "IO": 29, "PWR": 30, "SYS": 31}
+_IGNORED_SIGNALS = {0, 17, 18, 19, 20, 21, 22, 23, 28}  # no effect on a command that does not catch them
+
+
+class ProcessTable:
+    """The phone's pids: every command, shell and background job gets one; `kill` finds them here.
+
+    A pid can be held by several nested jobs (`exec` and `sh -c` keep their pid): a signal goes to
+    the innermost, which is the program that replaced the others.
+    """
+
+    def __init__(self, first: int = 4000, others: Callable[[], dict[int, int]] | None = None) -> None:
+        self._next = first
+        self._first = first
+        self.jobs: dict[int, list[Job]] = {}
+        self.others = others or (lambda: {})  # pid -> uid of processes that are not shell jobs
+
+    def new_pid(self) -> int:
+        while True:
+            self._next = self._next + 1 if self._next < 32767 else self._first
+            if self._next not in self.jobs and self._next not in self.others():
+                return self._next
+
+    def start(self, pid: int, uid: int, name: str, task: asyncio.Task[object] | None) -> Job:
+        job = Job(pid, uid, posixpath.basename(name), task)
+        self.jobs.setdefault(pid, []).append(job)
+        return job
+
+    def end(self, job: Job) -> None:
+        stack = self.jobs.get(job.pid, [])
+        if job in stack:
+            stack.remove(job)
+        if not stack:
+            self.jobs.pop(job.pid, None)
+
+    def on_signal(self, pid: int, callback: Callable[[int], None] | None) -> None:
+        """The program running as `pid` handles signals itself (a real tool run on the host)."""
+        stack = self.jobs.get(pid)
+        if stack:
+            stack[-1].on_signal = callback
+
+    def running(self) -> list[Job]:
+        return [stack[-1] for _pid, stack in sorted(self.jobs.items()) if stack]
+
+    def signal(self, pid: int, sig: int, sender_uid: int) -> str | None:
+        """Deliver `sig`; the error toybox kill prints (without the `kill: PID: ` prefix), or None."""
+        stack = self.jobs.get(pid)
+        if not stack:
+            owner = self.others().get(pid)
+            if owner is None:
+                return "No such process"
+            return None if sender_uid in (0, owner) else "Operation not permitted"
+        job = stack[-1]
+        if sender_uid not in (0, job.uid):
+            return "Operation not permitted"
+        if job.on_signal is not None:
+            job.on_signal(sig)
+            return None
+        if sig in _IGNORED_SIGNALS:
+            return None
+        job.signalled = sig
+        if job.task is not None:
+            job.task.cancel()
+        return None
+
+
 class Shell:
-    """One shell process: its variables, `$?`, working directory and user."""
+    """One shell process: its variables, `$?`, `$$`, `$!`, working directory and user."""
 
     def __init__(
         self,
@@ -539,23 +621,28 @@ class Shell:
         uid: int = 2000,
         env: dict[str, str] | None = None,
         cwd: str = "/",
-        pid: int = 1,
+        pid: int | None = None,
         spawn: Callable[[Awaitable[object]], object] | None = None,
+        procs: ProcessTable | None = None,
     ) -> None:
         self.table = table
         self.fs = fs
         self.uid = uid
         self.vars: dict[str, str] = dict(env or {})
         self.cwd = cwd
-        self.pid = pid
+        self.procs = procs if procs is not None else ProcessTable()
+        self.pid = self.procs.new_pid() if pid is None else pid  # `$$`
+        self.last_background = ""  # `$!`
+        self.background: dict[int, asyncio.Future[int]] = {}  # this shell's `&` jobs, for `wait`
         self.status = 0
         self.exited = False  # `exit` ran: an interactive session ends
         self._spawn = spawn or (lambda coro: asyncio.ensure_future(coro))
 
-    def child(self, *, uid: int | None = None) -> Shell:
+    def child(self, *, uid: int | None = None, pid: int | None = None) -> Shell:
+        """A subshell (same `$$`, as POSIX says), or with `pid` a new shell process (`sh -c`, `su`)."""
         fs = self.fs if uid is None or uid == self.uid else self.fs.as_user(uid)
         return Shell(self.table, fs, uid=self.uid if uid is None else uid, env=dict(self.vars),
-                     cwd=self.cwd, pid=self.pid + 1, spawn=self._spawn)
+                     cwd=self.cwd, pid=self.pid if pid is None else pid, spawn=self._spawn, procs=self.procs)
 
     def abspath(self, path: str) -> str:
         return posixpath.normpath(posixpath.join(self.cwd, path)) if path else self.cwd
@@ -578,25 +665,59 @@ class Shell:
     async def _script(self, script: list[AndOr], stdin: Reader, stdout: Writer, stderr: Writer) -> int:
         for andor in script:
             if andor.background:
-                self._spawn(self._andor(andor, EmptyReader(), _Quiet(stdout), _Quiet(stderr)))
+                pid = self.procs.new_pid()
+                self.last_background = str(pid)
+                job = self._spawn(self._background(andor, pid, _Quiet(stdout), _Quiet(stderr)))
+                if isinstance(job, asyncio.Future):
+                    self.background[pid] = job
                 self.status = 0
             else:
                 self.status = await self._andor(andor, stdin, stdout, stderr)
         return self.status
 
+    async def _background(self, andor: AndOr, pid: int, stdout: Writer, stderr: Writer) -> int:
+        """`LIST &`: a forked shell with its own pid; a lone simple command runs as that pid (`$!`)."""
+        sub = self.child()
+        single = (not andor.rest and len(andor.first.commands) == 1 and andor.first.commands[0].group is None
+                  and not andor.first.bang)
+        task = asyncio.current_task()
+        job = self.procs.start(pid, self.uid, "sh", cast("asyncio.Task[object] | None", task))
+        try:
+            if single:
+                return await sub._command(andor.first.commands[0], EmptyReader(), stdout, stderr, pid=pid)
+            return await sub._andor(andor, EmptyReader(), stdout, stderr)
+        except ExitShell as done:
+            return done.code
+        except asyncio.CancelledError:
+            if job.signalled is None:
+                raise
+            return 128 + job.signalled
+        finally:
+            self.procs.end(job)
+
     async def run_argv(self, argv: list[str], stdin: Reader, stdout: Writer, stderr: Writer,
-                       env: dict[str, str] | None = None) -> int:
-        """Run one command from an argv (no parsing), as exec would."""
+                       env: dict[str, str] | None = None, *, pid: int | None = None) -> int:
+        """Run one command from an argv (no parsing) as process `pid` (default: a new one, as fork+exec)."""
         handler = self.table.lookup(argv[0]) if argv else None
         if handler is None:
             if argv:
                 await stderr.write(f"{SH}: {argv[0]}: inaccessible or not found\n".encode())
             return 127
-        proc = Proc(argv, {**self.vars, **(env or {})}, stdin, stdout, stderr, self)
+        pid = self.procs.new_pid() if pid is None else pid
+        proc = Proc(argv, {**self.vars, **(env or {})}, stdin, stdout, stderr, self, pid)
+        task: asyncio.Task[int] = asyncio.ensure_future(handler(proc))
+        job = self.procs.start(pid, self.uid, argv[0], cast("asyncio.Task[object]", task))
         try:
-            return await handler(proc)
+            return await task
         except BrokenPipeError:
             return 141
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if job.signalled is None or (current is not None and current.cancelling()):
+                raise
+            return 128 + job.signalled
+        finally:
+            self.procs.end(job)
 
     async def _andor(self, andor: AndOr, stdin: Reader, stdout: Writer, stderr: Writer) -> int:
         status = await self._pipeline(andor.first, stdin, stdout, stderr)
@@ -666,6 +787,8 @@ class Shell:
             return str(self.status)
         if name == "$":
             return str(self.pid)
+        if name == "!":
+            return self.last_background
         if name == "#":
             return "0"
         if name == "0":
@@ -695,7 +818,8 @@ class Shell:
             found = nxt
         return sorted(found)
 
-    async def _command(self, cmd: Command, stdin: Reader, stdout: Writer, stderr: Writer) -> int:
+    async def _command(self, cmd: Command, stdin: Reader, stdout: Writer, stderr: Writer, *,
+                       pid: int | None = None) -> int:
         env: dict[str, str] = {}
         for key, value in cmd.assigns:
             env[key] = " ".join(await self._expand(value))
@@ -703,7 +827,7 @@ class Shell:
         for word in cmd.words:
             argv.extend(await self._expand(word))
         fds: dict[int, Reader | Writer] = {0: stdin, 1: stdout, 2: stderr}
-        files: list[tuple[str, BufferWriter, bool]] = []
+        files: list[FileWriter] = []
         for redirect in cmd.redirects:
             target = " ".join(await self._expand(redirect.target))
             if redirect.op == ">&":
@@ -726,10 +850,20 @@ class Shell:
             elif target == "/dev/null":
                 fds[redirect.fd] = NullWriter()
             else:
-                buffer = BufferWriter()
-                fds[redirect.fd] = buffer
-                files.append((self.abspath(target), buffer, redirect.op == ">>"))
+                writer = FileWriter(self.fs, self.abspath(target), append=redirect.op == ">>")
+                problem = writer.open()
+                if problem:
+                    await stderr.write(f"{SH}: can't create {target}: {problem}\n".encode())
+                    return 1
+                fds[redirect.fd] = writer
+                files.append(writer)
         cin, cout, cerr = cast(Reader, fds[0]), cast(Writer, fds[1]), cast(Writer, fds[2])
+        replace = bool(argv) and argv[0] == "exec" and cmd.group is None
+        if replace:  # `exec CMD`: CMD replaces this shell and keeps its pid
+            argv = argv[1:]
+            pid = self.pid
+            if not argv:  # `exec` alone (its redirections are not kept here)
+                return 0
         if cmd.group is not None:
             shell = self.child() if cmd.subshell else self
             try:
@@ -742,14 +876,52 @@ class Shell:
             self.vars.update(env)
             return 0
         else:
-            status = await self.run_argv(argv, cin, cout, cerr, env)
-        for path, buffer, append in files:
-            old = (self.fs.read(path) or b"") if append else b""
-            problem = self.fs.write(path, old + bytes(buffer.data), 0o100666, int(time.time()))
-            if problem:
-                await stderr.write(f"{SH}: can't create {path}: {problem}\n".encode())
-                return 1
+            try:
+                status = await self.run_argv(argv, cin, cout, cerr, env, pid=pid)
+            finally:
+                for writer in files:
+                    writer.flush()
+        for writer in files:
+            writer.flush()
+        if replace:
+            raise ExitShell(status)
         return status
+
+
+class FileWriter:
+    """`> FILE` / `>> FILE`: written through to the file system as it comes (another shell can `cat` it
+    while the command runs), at most every 0.1 s while output streams, and in full at the end."""
+
+    def __init__(self, fs: ShellFS, path: str, *, append: bool) -> None:
+        self.fs = fs
+        self.path = path
+        self.append = append
+        self.data = bytearray()
+        self._flushed = 0.0
+        self._dirty = False
+        self._pending: asyncio.TimerHandle | None = None
+
+    def open(self) -> str | None:
+        if self.append:
+            self.data += self.fs.read(self.path) or b""
+        return self.fs.write(self.path, bytes(self.data), 0o100666, int(time.time()))
+
+    async def write(self, data: bytes) -> None:
+        self.data += data
+        self._dirty = True
+        if time.monotonic() - self._flushed > 0.1:
+            self.flush()
+        elif self._pending is None:
+            self._pending = asyncio.get_running_loop().call_later(0.1, self.flush)
+
+    def flush(self) -> None:
+        if self._pending is not None:
+            self._pending.cancel()
+            self._pending = None
+        if self._dirty:
+            self._dirty = False
+            self._flushed = time.monotonic()
+            self.fs.write(self.path, bytes(self.data), 0o100666, int(time.time()))
 
 
 class _Quiet:
@@ -850,7 +1022,7 @@ async def _export(p: Proc) -> int:
 
 async def _sh(p: Proc) -> int:
     args = p.argv[1:]
-    sub = p.shell.child()
+    sub = p.shell.child(pid=p.pid)
     sub.vars = dict(p.env)  # `VAR=x sh -c ...`: the new shell sees its environment
     if args and args[0] == "-c":
         if len(args) < 2:
@@ -1194,6 +1366,67 @@ async def _env(p: Proc) -> int:
     return 0
 
 
+async def _wait(p: Proc) -> int:
+    """mksh `wait [PID...]`: the exit status of the last one waited for (127 for a pid not ours)."""
+    jobs = p.shell.background
+    targets = [int(a) for a in p.argv[1:] if a.isdigit()] or list(jobs)
+    status = 0
+    for pid in targets:
+        task = jobs.pop(pid, None)
+        if task is None:
+            status = 127
+            continue
+        try:
+            status = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.cancelled():
+                raise
+            status = 143
+    return status if p.argv[1:] else 0  # POSIX: `wait` without operands exits 0
+
+
+def _signal_number(text: str) -> int | None:
+    name = text.upper().removeprefix("SIG")
+    if name.isdigit():
+        return int(name) if 0 <= int(name) <= 64 else None
+    return SIGNALS.get(name)
+
+
+async def _kill(p: Proc) -> int:
+    """mksh's `kill [-s SIG | -SIG] PID...` and `kill -l`."""
+    args = p.argv[1:]
+    if args[:1] == ["-l"]:
+        await p.out("\n".join(f"{number}) {name}" for name, number in SIGNALS.items()) + "\n")
+        return 0
+    if args[:1] == ["-s"] and len(args) > 1:
+        given, args = args[1], args[2:]
+    elif args and args[0].startswith("-") and len(args[0]) > 1 and args[0] != "--":
+        given, args = args[0][1:], args[1:]
+    else:
+        given = "TERM"
+    number = _signal_number(given)
+    if number is None:
+        await p.err(f"{SH}: kill: bad signal '{given}'\n")
+        return 1
+    sig = number
+    if args[:1] == ["--"]:
+        args = args[1:]
+    if not args:
+        await p.err(f"{SH}: kill: usage: kill [-s signame | -signum | -signame] {{job | pid | pgrp}} ...\n")
+        return 1
+    status = 0
+    for target in args:
+        if not target.lstrip("-").isdigit():
+            await p.err(f"{SH}: kill: {target}: arguments must be jobs or process IDs\n")
+            status = 1
+            continue
+        problem = p.shell.procs.signal(abs(int(target)), sig, p.shell.uid)
+        if problem:
+            await p.err(f"{SH}: kill: {target}: {problem}\n")
+            status = 1
+    return status
+
+
 async def _command_builtin(p: Proc) -> int:
     """mksh `command [-v|-V] NAME...`: where a command is, or run it bypassing functions."""
     args = p.argv[1:]
@@ -1244,11 +1477,14 @@ GENERIC: dict[str, Handler] = {
     "tail": _tail,
     "wc": _wc,
     "env": _env,
+    "kill": _kill,
+    "wait": _wait,
 }
 
 # mksh builtins (`command -v` names them); those in SHELL_ONLY have no binary in /system/bin.
-BUILTINS = frozenset({"echo", "true", "false", "exit", "cd", "pwd", "export", "command", "type"})
-SHELL_ONLY = frozenset({"exit", "cd", "export", "command", "type"})
+BUILTINS = frozenset({"echo", "true", "false", "exit", "cd", "pwd", "export", "command", "type", "exec", "kill",
+                      "wait"})
+SHELL_ONLY = frozenset({"exit", "cd", "export", "command", "type", "exec", "wait"})
 
 
 def generic_table(extra: Iterable[tuple[str, Handler]] = ()) -> CommandTable:
