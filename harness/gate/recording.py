@@ -254,6 +254,7 @@ class Recording:
             self.boots.append(boot)
             self.capture.after_reboot()
             self._preconditions()
+            self.session.reread_identifiers()
             time.sleep(self.settle)
         return boot
 

@@ -22,7 +22,7 @@ from harness.device.info import DeviceInfo
 from harness.device.lifecycle import Timeouts
 from harness.errors import DeviceError
 from harness.gate.recording import Outcome, Recording
-from harness.identifiers import mask_serial
+from harness.identifiers import SLOTTED_KINDS, mask_serial
 from harness.profile import Profile, load_profile
 
 if TYPE_CHECKING:
@@ -156,6 +156,23 @@ class DeviceSession:
             unique, number = f"{base}-{number}", number + 1
         self.recording_names.add(unique)
         return Recording(self, unique)
+
+    def reread_identifiers(self) -> None:
+        """After a boot: add values that changed (a new per-network random MAC, a SIM read only now).
+
+        Values are only ever added, so a value seen before the boot is still looked for.
+        """
+        if self.device is None or self.harvest is None:
+            return
+        fresh = self.device.identifiers().identifiers
+        values = self.harvest.identifiers.values
+        for kind, new in fresh.values.items():
+            old = values.setdefault(kind, [])
+            if kind in SLOTTED_KINDS:
+                if not any(old):
+                    old[:] = new
+            else:
+                old += [value for value in new if value and value not in old]
 
     def audit_packages(self) -> list[Finding]:
         """Installed catalog activation clients this phone's profile does not approve."""
