@@ -192,6 +192,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             write(f"    {finding.get('rule')}: {finding.get('evidence')}{where}")
         if len(findings) > 20:
             write(f"    ... {len(findings) - 20} more in {data['_path']}")
-        for reason in data.get("reasons", [])[:10]:
-            write(f"    unverified: {reason}")
+        if data.get("status") == "unverified":
+            for reason in data.get("reasons", [])[:10]:
+                write(f"    unverified: {reason}")
 
