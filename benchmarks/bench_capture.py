@@ -30,6 +30,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from harness.capture.gateway import GatewayCapture
 from harness.capture.pcap import inspect
@@ -171,7 +172,6 @@ def device_streaming(count: int, workdir: Path) -> None:
     """
     import adbutils
 
-    from harness.capture.device import DeviceCapture
     from harness.device.adb import Adb
     from harness.virtual.phone import VirtualPhone
 
@@ -210,38 +210,50 @@ def device_streaming(count: int, workdir: Path) -> None:
             frames = workdir / "phone-frames.pcap"
             write_frames(frames, count, src_mac=network.phone_mac, dst_mac="02:00:00:00:00:99",
                          src_ip=network.phone_ip, dst_ip="192.168.1.250", frame=size)
-            capture = DeviceCapture(workdir / "device.pcap", adb)
-            baseline_file = workdir / "phone-tcpdump.pcap"
-            baseline = subprocess.Popen(network.exec_argv(["tcpdump", "-i", "any", "-n", "-w", str(baseline_file)]),
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            capture.start()
-            time.sleep(1.0)
-            before = capture.sink.packets
-            began = time.monotonic()
-            replay = _run(network.exec_argv(["tcpreplay", "-i", "wlan0", "--topspeed", str(frames)]))
-            sent, actual, _ = _tcpreplay_sent(replay.stdout + replay.stderr)
-            last, changed = capture.sink.packets, time.monotonic()
-            while time.monotonic() - changed < 2.0 and time.monotonic() - began < 60:
-                time.sleep(0.05)
-                if capture.sink.packets != last:
-                    last, changed = capture.sink.packets, time.monotonic()
-            streamed = changed - began
-            result = capture.stop()
-            baseline.send_signal(2)
-            baseline.wait(30)
+            runs = [_device_run(adb, network, frames, workdir, immediate) for immediate in (False, True)]
     finally:
         subprocess.run([adb_path, "kill-server"], env=env, capture_output=True, check=False, timeout=30)
-    base = inspect(baseline_file)
-    kept = last - before
-    print(f"== on-device streaming through the adb server: {sent} frames of {size} B sent in {actual:.2f} s "
-          f"({sent / actual:,.0f} pps) ==")
+    print(f"== on-device streaming through the adb server: {count} frames of {size} B per run ==")
     print(f"adb transport (exec:cat, same size)   {transport / 1e6:8.1f} MB/s  (baseline 1)")
-    print(f"device backend (tcpdump over exec:)   {kept * (size + 16) / streamed / 1e6:8.1f} MB/s  kept {kept} of "
-          f"{sent} ({100 * kept / sent:.2f} %), all in by {streamed:.2f} s; ratio to transport "
-          f"{kept * (size + 16) / streamed / transport:.3f}")
-    print(f"host tcpdump in the phone's namespace            kept {base.packets} (baseline 2: same frames, "
-          f"plus the phone's own traffic)")
-    print(f"  device backend blind windows: {[w.reason for w in result.blind_windows] or 'none'}")
+    for immediate, (sent, actual, kept, streamed, cpu, base, windows) in zip((False, True), runs, strict=True):
+        rate = kept * (size + 16) / streamed
+        print(f"device backend, {'--immediate-mode' if immediate else 'block batching  '}  {rate / 1e6:8.1f} MB/s  "
+              f"kept {kept} of {sent} ({100 * kept / sent:.2f} %) sent in {actual:.2f} s ({sent / actual:,.0f} pps), "
+              f"all in by {streamed:.2f} s; ratio to transport {rate / transport:.3f}; phone tcpdump CPU {cpu:.2f} s")
+        print(f"  host tcpdump in the phone's namespace kept {base} (baseline 2: same frames, plus the phone's own "
+              f"traffic); blind windows: {windows or 'none'}")
+
+
+def _device_run(adb: Any, network: Any, frames: Path, workdir: Path,
+                immediate: bool) -> tuple[int, float, int, float, float, int, list[str]]:
+    """One device-backend capture of the replayed frames: (sent, seconds, kept, all-in-by, tcpdump CPU, baseline,
+    blind windows)."""
+    from harness.capture.device import DeviceCapture
+
+    capture = DeviceCapture(workdir / f"device-{immediate}.pcap", adb, immediate=immediate)
+    baseline_file = workdir / f"phone-tcpdump-{immediate}.pcap"
+    baseline = subprocess.Popen(network.exec_argv(["tcpdump", "-i", "any", "-n", "-w", str(baseline_file)]),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    capture.start()
+    time.sleep(1.0)
+    pids = _run(["pgrep", "-f", f"tcpdump -i any -n -s 0 -U {'--immediate-mode ' if immediate else ''}-B"],
+                check=False).stdout.split()
+    cpu_before = sum(_cpu_seconds(int(pid)) for pid in pids)
+    before = capture.sink.packets
+    began = time.monotonic()
+    replay = _run(network.exec_argv(["tcpreplay", "-i", "wlan0", "--topspeed", str(frames)]))
+    sent, actual, _ = _tcpreplay_sent(replay.stdout + replay.stderr)
+    last, changed = capture.sink.packets, time.monotonic()
+    while time.monotonic() - changed < 2.0 and time.monotonic() - began < 60:
+        time.sleep(0.05)
+        if capture.sink.packets != last:
+            last, changed = capture.sink.packets, time.monotonic()
+    cpu = sum(_cpu_seconds(int(pid)) for pid in pids) - cpu_before
+    result = capture.stop()
+    baseline.send_signal(2)
+    baseline.wait(30)
+    return (sent, actual, last - before, changed - began, cpu, inspect(baseline_file).packets,
+            [w.reason for w in result.blind_windows])
 
 
 def run(quick: bool) -> None:

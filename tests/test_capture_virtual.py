@@ -9,6 +9,7 @@ listens in each phone's router namespace, the device backend streams the phone's
 
 from __future__ import annotations
 
+import dataclasses
 import stat
 import time
 from collections.abc import Callable
@@ -152,6 +153,51 @@ def test_device_backend_needs_root(virtual_phones: Phones, adb_server: dict[str,
     assert not (tmp_path / "dev.pcap").exists()
 
 
+# `tcpdump -h` of AOSP's tcpdump 4.5.1 (Android 7 and older), from external/tcpdump's usage(): no --immediate-mode
+OLD_TCPDUMP_USAGE = """\
+tcpdump version 4.5.1
+libpcap version 1.5.3
+Usage: tcpdump [-aAbdDefhHIJKlLnNOpqRStuUvxX] [ -B size ] [ -c count ]
+\t\t[ -C file_size ] [ -E algo:secret ] [ -F file ] [ -G seconds ]
+\t\t[ -i interface ] [ -j tstamptype ] [ -M secret ]
+\t\t[ -Q in|out|inout ]
+\t\t[ -r file ] [ -s snaplen ] [ -T type ] [ -V file ] [ -w file ]
+\t\t[ -W filecount ] [ -y datalinktype ] [ -z command ]
+\t\t[ -Z user ] [ expression ]
+"""
+
+
+class OldTcpdumpAdb(Adb):
+    """The phone as before Android 8: its tcpdump answers `-h` without --immediate-mode."""
+
+    def script(self, text: str, timeout: float | None = None, **options: Any) -> Any:
+        result = super().script(text, timeout, **options)
+        if " -h 2>&1" in text:
+            return dataclasses.replace(result, stdout=OLD_TCPDUMP_USAGE)
+        return result
+
+
+@pytest.mark.parametrize(("asked", "tcpdump_age"), [(False, "android-8-and-later"), (True, "android-8-and-later"),
+                                                   (True, "android-7")])
+def test_device_backend_batching_or_immediate_mode_keeps_a_canary_sent_right_before_stop(
+        virtual_phones: Phones, adb_server: dict[str, str], tmp_path: Path, asked: bool, tcpdump_age: str) -> None:
+    """Batching by default (stop waits out the buffer timeout); `--immediate-mode` only where tcpdump has it."""
+    from harness.capture.canary import send_canary
+
+    (phone,) = virtual_phones("clean")
+    old = tcpdump_age == "android-7"
+    adb = OldTcpdumpAdb(adb_client(adb_server), phone.serial) if old else adb_for(adb_server, phone)
+    capture = DeviceCapture(tmp_path / "dev.pcap", adb, immediate=asked)
+    capture.start()
+    used = asked and not old
+    assert ("--immediate-mode" in capture.command()) is used
+    canary = send_canary(adb)  # no settle wait: stop() right after must not lose it
+    result = capture.stop()
+    assert result.settings["immediate_mode"] is used and result.errors == []
+    assert any("no --immediate-mode" in note for note in result.notes) is old
+    assert has_query(tmp_path / "dev.pcap", canary.marker)
+
+
 def test_device_tcpdump_dying_mid_capture_keeps_a_readable_file_and_fails(virtual_phones: Phones,
                                                                         adb_server: dict[str, str],
                                                                         tmp_path: Path) -> None:
@@ -223,3 +269,52 @@ def test_socket_attribution_is_written_beside_the_capture(virtual_phones: Phones
     assert data["sockets"] or any("no socket table" in e for e in data["errors"])
     assert data["packages"] or any("packages not read" in e for e in data["errors"])
     assert stat.S_IMODE(result.attribution.stat().st_mode) == 0o600
+
+
+def test_socket_owners_name_the_app_of_a_flow_the_gateway_captured(virtual_phones: Phones,
+                                                                   adb_server: dict[str, str], tmp_path: Path) -> None:
+    """End to end through adb: `pm list packages -U` and /proc/net from the virtual phone, joined to captured flows."""
+    import subprocess
+    import sys
+
+    from harness.analyzer.reader import open_capture
+    from harness.capture.attribution import SocketOwners, parse_packages
+
+    (phone,) = virtual_phones("clean")
+    adb = adb_for(adb_server, phone)
+    owners_of = parse_packages(adb.script("pm list packages -U").stdout)
+    uid, (package,) = next((u, names) for u, names in sorted(owners_of.items()) if u >= 10000 and len(names) == 1)
+    network = phone.network
+    server = subprocess.Popen(network.router_exec_argv([
+        sys.executable, "-c", "import socket,time\ns=socket.socket()\n"
+        "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+        f"s.bind(({network.router_ip!r}, 8086)); s.listen(); print('ready', flush=True)\n"
+        "c,_=s.accept(); c.recv(100); time.sleep(30)\n"]), stdout=subprocess.PIPE, text=True)
+    client = None
+    capture = build(choose(None, virtual=True), tmp_path / "gw.pcap", adb=adb, network=network,
+                    attribution_interval=0.3)
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        capture.start()
+        client = subprocess.Popen(network.exec_argv([
+            "setpriv", "--reuid", str(uid), "--regid", str(uid), "--clear-groups", sys.executable, "-c",
+            f"import socket,time\nc=socket.create_connection(({network.router_ip!r}, 8086)); c.sendall(b'hi'); "
+            "print(c.getsockname()[1], flush=True); time.sleep(30)\n"]), stdout=subprocess.PIPE, text=True)
+        assert client.stdout is not None
+        sport = int(client.stdout.readline())
+        time.sleep(1.0)  # snapshots while the connection is open
+        result = capture.stop()
+    finally:
+        for process in (client, server):
+            if process is not None:
+                process.kill()
+                process.wait()
+    assert result.attribution is not None
+    owners = SocketOwners.load(result.attribution)
+    stream = open_capture(result.path)
+    for _unit in stream.units():
+        pass
+    (record,) = [r for r in stream.flows if r.flow.proto == "tcp" and r.flow.dport == 8086]
+    flow = record.flow
+    assert (flow.src, flow.sport) == (network.phone_ip, sport)
+    assert owners.app(flow.proto, flow.src, flow.sport, flow.dst, flow.dport, record.first_time) == package

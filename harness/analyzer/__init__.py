@@ -119,6 +119,22 @@ class _Collector:
 
     # --- host attribution (at the end) --------------------------------------------------------
 
+    def attribute(self, flows: Iterable[object], attribution: Path | str) -> None:
+        """Apps from socket-owner snapshots (`<capture>.sockets.json`) for flows the capture did not name."""
+        from harness.capture.attribution import SocketOwners
+
+        owners = SocketOwners.load(attribution)
+        for record in flows:
+            flow: Flow = record.flow  # type: ignore[attr-defined]
+            if flow not in self.apps:
+                when: float | None = record.first_time  # type: ignore[attr-defined]
+                app = owners.app(flow.proto, flow.src, flow.sport, flow.dst, flow.dport, when)
+                if app is not None:
+                    self.apps[flow] = app
+        for item in self.plain.values():
+            item.app = item.app or self.apps.get(item.flow)
+        self.queries = [(c, flow, app or self.apps.get(flow)) for c, flow, app in self.queries]
+
     def finish(self) -> None:
         for names in self.answers.values():
             names.sort()
@@ -230,11 +246,12 @@ def _reasons(cap: CaptureSummary, canary: str | None, identifiers: IdentifierSet
 def analyze(capture: Path | str, identifiers: IdentifierSet | None = None, *, guess: bool = False,
             profile: Profile | None = None, canary: str | None = None, exclude: Sequence[str] = (),
             blind_windows: Sequence[BlindWindow] = (), catalog: Catalog | None = None,
-            coverage: dict[str, str] | None = None) -> Report:
+            coverage: dict[str, str] | None = None, attribution: Path | str | None = None) -> Report:
     """Analyse one capture file and return the findings JSON as a typed `Report`.
 
     `identifiers` are the phone's (IDS.json shape); the profile's `identifiers:` override them.
     `coverage` (kind -> read/profile/unknown) defaults to: given -> read, profile -> profile.
+    `attribution` is the capture's `<capture>.sockets.json`: apps for flows the capture did not name.
     Unreadable input raises `PhonehomeError` (exit 2); everything else is in the report.
     """
     from harness.analyzer.matcher import Matcher
@@ -264,6 +281,8 @@ def analyze(capture: Path | str, identifiers: IdentifierSet | None = None, *, gu
         if callable(close):
             close()
     collector.finish()
+    if attribution is not None:
+        collector.attribute(flows, attribution)
     if canary is not None:
         summary.canary = CanaryResult(bool(collector.canary_frames), sorted(collector.canary_frames))
     summary.blind_windows = [*summary.blind_windows, *blind_windows]

@@ -236,3 +236,118 @@ class SocketSampler:
         tmp = self.path.with_name(self.path.name + ".tmp")
         write_private_json(tmp, self.to_json())
         tmp.replace(self.path)
+
+
+# --- reading it back: which app owned the phone's side of a flow --------------------------------
+
+_WILDCARDS = frozenset({str(ipaddress.IPv4Address(0)), str(ipaddress.IPv6Address(0))})
+PER_USER_RANGE = 100_000  # Android: uid = user id * 100000 + app id (AID_USER_OFFSET)
+_SHARED_SHOWN = 3
+
+
+@dataclass(frozen=True, slots=True)
+class _Owned:
+    local: str
+    lport: int
+    remote: str
+    rport: int
+    uid: int
+    first: float | None
+    last: float | None
+
+
+class SocketOwners:
+    """A `<capture>.sockets.json` as a lookup: `app(proto, src, sport, dst, dport, time)` -> package or None.
+
+    A flow is tried with the phone as the client (`src`/`sport` its own side), then as the server.
+    An exact socket (both ends) wins over a wildcard one (an unconnected UDP socket, a listener, a
+    socket bound to any address). When several sockets fit (a port reused by another app between
+    snapshots), the one seen nearest `time` (host time, seconds) wins. The name is the package; a
+    UID shared by several packages (`system`, `radio`...) gives its name and the candidates
+    (`system (uid 1000: android, com.x, com.y +4)`), a UID no package claims gives `uid N`.
+    """
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.packages: dict[int, list[str]] = {int(uid): list(names) for uid, names in
+                                                (data.get("packages") or {}).items()}
+        self.slack = float(data.get("interval") or 0.0)
+        self._by_port: dict[tuple[str, int], list[_Owned]] = {}
+        for socket in data.get("sockets") or []:
+            try:
+                owned = _Owned(_canonical(socket["src"], strict=True), int(socket["sport"]),
+                               _canonical(socket["dst"], strict=True), int(socket["dport"]), int(socket["uid"]),
+                               socket.get("first_seen"), socket.get("last_seen"))
+            except (KeyError, TypeError, ValueError):
+                continue
+            self._by_port.setdefault((str(socket.get("proto")), owned.lport), []).append(owned)
+        # the phone's own addresses, as its bound sockets show them: a wildcard socket only
+        # claims a flow whose phone-side address is one of these (never the peer's port)
+        self.addresses = {e.local for entries in self._by_port.values() for e in entries} - _WILDCARDS
+
+    @classmethod
+    def load(cls, path: Path | str) -> SocketOwners:
+        """Read the file; a missing or unreadable one is an empty lookup (attribution is best effort)."""
+        import json
+
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            log.warning("socket attribution %s not read: %s", path, exc)
+            data = {}
+        return cls(data if isinstance(data, dict) else {})
+
+    def __len__(self) -> int:
+        return sum(len(entries) for entries in self._by_port.values())
+
+    def uid(self, proto: str, src: str, sport: int, dst: str, dport: int, time: float | None = None) -> int | None:
+        """The UID that owned the phone's end of this flow, or None when no snapshot saw it."""
+        src, dst = _canonical(src), _canonical(dst)
+        for local, lport, remote, rport in ((src, sport, dst, dport), (dst, dport, src, sport)):
+            entries = self._by_port.get((proto, lport), ())
+            found = [e for e in entries if e.local == local and e.remote == remote and e.rport == rport]
+            if not found and local in self.addresses:
+                found = [e for e in entries if e.local in (local, *_WILDCARDS) and (
+                    (e.remote == remote and e.rport == rport) or (e.remote in _WILDCARDS and not e.rport))]
+            if found:
+                return self._nearest(found, time).uid
+        return None
+
+    def app(self, proto: str, src: str, sport: int, dst: str, dport: int, time: float | None = None) -> str | None:
+        uid = self.uid(proto, src, sport, dst, dport, time)
+        return None if uid is None else self.name(uid)
+
+    def name(self, uid: int) -> str:
+        """The package behind a UID, as a finding shows it."""
+        names = self.packages.get(uid) or self.packages.get(uid % PER_USER_RANGE) or []
+        if len(names) == 1:
+            return names[0]
+        aid = AIDS.get(uid % PER_USER_RANGE)
+        if not names:
+            return aid or f"uid {uid}"
+        shown = sorted(names)[:_SHARED_SHOWN]
+        more = f" +{len(names) - len(shown)}" if len(names) > len(shown) else ""
+        return f"{aid or 'shared'} (uid {uid}: {', '.join(shown)}{more})"
+
+    def _nearest(self, entries: list[_Owned], time: float | None) -> _Owned:
+        if time is None or len({e.uid for e in entries}) == 1:
+            return entries[0]
+
+        def distance(e: _Owned) -> float:
+            first = e.first if e.first is not None else float("-inf")
+            last = e.last if e.last is not None else float("inf")
+            return max(first - self.slack - time, time - last - self.slack, 0.0)
+
+        return min(entries, key=distance)
+
+
+def _canonical(address: str, *, strict: bool = False) -> str:
+    """The form the socket table uses: compressed IPv6, IPv4-mapped IPv6 as IPv4 (`%scope` dropped)."""
+    try:
+        parsed = ipaddress.ip_address(str(address).split("%")[0])
+    except ValueError:
+        if strict:
+            raise
+        return address
+    if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is not None:
+        return str(parsed.ipv4_mapped)
+    return str(parsed)

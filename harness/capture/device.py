@@ -1,16 +1,22 @@
 """On-device capture: the phone's own tcpdump, streamed over `adb exec-out` into the host file.
 
-`tcpdump -i any -s 0 -U --immediate-mode -w -` runs on the phone (root: userdebug/eng builds, or
+`tcpdump -i any -s 0 -U -w -` runs on the phone (root: userdebug/eng builds, or
 a rooted phone's `su`) and its pcap stream arrives over an `exec:` stream through the adb server,
 so it works with the local server and a farm's remote one alike. It sees every interface,
 cellular included, but only from the moment adb is up: across a reboot the stream dies with the
 phone and is restarted in `after_reboot()`, the gap recorded as a blind window. The records of
 every restart go into the same file (one link type: `-i any` writes Linux cooked SLL or SLL2).
 
-Like the gateway's tcpdump (see tcpdump.py), the phone's runs without `--immediate-mode` by
-default: packets come a libpcap block at a time (at most the 1 s buffer timeout late), which
-keeps the adb stream in large writes; `stop()` waits out the timeout before closing the stream,
-and a stream that dies (a reboot, a crash) is blind from one timeout before its end.
+Block batching, not `--immediate-mode`, by default. The phone's tcpdump has the option (AOSP's
+external/tcpdump defines HAVE_PCAP_SET_IMMEDIATE_MODE since its 4.9.0 upgrade in Android 8.0;
+Android 7 and older ship 4.5.1 without it), but immediate mode makes libpcap fall back from
+TPACKET_V3 blocks to a ring of snaplen-sized slots, and measured through the real adb server
+(benchmarks/bench_capture.py, device streaming) it dropped 2.6 % of 20,000 packets/s and 93 % of
+a top-speed burst where block batching kept every packet. Batching only delays packets, by at
+most the 1 s buffer timeout: `stop()` waits that out before closing the stream (a canary sent
+right before stop is kept), and a stream that dies (a reboot, a crash) is recorded blind from
+one timeout before its end. `immediate=True` asks for the option; a tcpdump whose `-h` does not
+offer it (Android 7 and older) gets batching and a note instead of a capture that fails to start.
 
 `exec:` joins stderr to the stream, so tcpdump's messages go to a file on the phone, read back
 only to explain a failure. Over adb-over-TCP, `-i any` would capture its own stream: the filter
@@ -51,6 +57,11 @@ REBOOT_GAP = "on-device capture down across the reboot (tcpdump restarts only on
 _SEP = "PHONEHOME-SEP"
 
 
+def has_immediate_mode(usage: str) -> bool:
+    """Whether a tcpdump's `-h` text offers `--immediate-mode` (4.9 and later, where libpcap has it)."""
+    return "--immediate-mode" in usage
+
+
 class DeviceCapture(CaptureBackend):
     """tcpdump on the phone over `adb exec-out`; needs root (or a build whose shell may capture)."""
 
@@ -69,7 +80,7 @@ class DeviceCapture(CaptureBackend):
         self.snaplen = snaplen
         self.root = root
         self.start_timeout = start_timeout
-        self.immediate = immediate
+        self.immediate = immediate  # asked for --immediate-mode (kept only when the phone's tcpdump has it)
         self.late = 0.0 if immediate else BUFFER_TIMEOUT  # how late a packet can reach the stream
         self.sink = PcapSink(self.output, max_bytes=max_bytes)
         self.pump: StreamPump | None = None
@@ -127,6 +138,16 @@ class DeviceCapture(CaptureBackend):
                                     "/system/bin/tcpdump; otherwise push one and set capture.tcpdump, or use "
                                     "--ph-capture gateway or pcapdroid)")
         self.tcpdump = path
+        if self.immediate:
+            usage = ""
+            with contextlib.suppress(DeviceError):
+                usage = self.adb.script(self._as_root(f"{sh_quote(path)} -h 2>&1"), timeout=20).stdout
+            self.immediate = has_immediate_mode(usage)
+            if not self.immediate:
+                self.notes.append(f"the tcpdump on {self.adb.label} has no --immediate-mode (before Android 8): "
+                                  f"block batching instead, packets up to {BUFFER_TIMEOUT:g} s late, waited out at "
+                                  "stop")
+        self.late = 0.0 if self.immediate else BUFFER_TIMEOUT
         with contextlib.suppress(DeviceError):
             probe = self.adb.script(self._as_root("echo $$; exec echo phonehome-exec-ok"), timeout=20).stdout.split()
             self.graceful = len(probe) == 2 and probe[0].isdigit() and probe[1] == "phonehome-exec-ok"
@@ -292,6 +313,7 @@ class DeviceCapture(CaptureBackend):
     def _settings(self) -> dict[str, Any]:
         return {"interface": self.interface, "tcpdump": self.tcpdump, "root": self.root.form if self.root else None,
                 "filter": self.bpf(), "snaplen": self.snaplen, "max_bytes": self.max_bytes, "restarts": self.restarts,
-                "graceful_stop": self.graceful, "phone_kernel_dropped": self.phone_dropped,
+                "immediate_mode": self.immediate, "graceful_stop": self.graceful,
+                "phone_kernel_dropped": self.phone_dropped,
                 "linktype": self.sink.format.linktype if self.sink.format else None}
 

@@ -193,7 +193,8 @@ class Recording:
             self.reasons += self.device.missing_identifiers(harvest)
         try:
             report = analyze(result.path, harvest.identifiers, profile=session.profile, canary=marker,
-                             exclude=result.exclude, blind_windows=result.blind_windows, coverage=harvest.coverage)
+                             exclude=result.exclude, blind_windows=result.blind_windows, coverage=harvest.coverage,
+                             attribution=result.attribution)
         except PhonehomeError as exc:
             report = _unverified(str(result.path), [f"capture unreadable: {exc}"])
         report.findings += self.extra_findings
