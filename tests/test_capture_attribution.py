@@ -297,3 +297,28 @@ def open_capture_flows(path: Path) -> list[Any]:
     for _unit in stream.units():
         pass
     return list(stream.flows)
+
+
+
+def test_time_wait_sockets_are_not_attributed_to_root(tmp_path: Path) -> None:
+    """A closed TCP connection lingers in TIME_WAIT with uid 0: that is the kernel's, not an app's.
+
+    The phone is a recorded `/proc/net/tcp` answer (a stand-in: catching a real socket in TIME_WAIT
+    on a virtual phone at sampling time is a race), fed through the sampler's own shell protocol.
+    """
+    from harness.capture.attribution import _MARK, SocketSampler
+    from harness.device.adb import ShellResult
+
+    header = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+    table = header + ("   0: 6401A8C0:A1B2 0F02632A:0050 06 00000000:00000000 03:00000b2a 00000000     0        0 0\n"
+                      "   1: 6401A8C0:A1B4 0F02632A:0050 01 00000000:00000000 00:00000000 00000000 10123        0 7\n")
+
+    class RecordedPhone:
+        def script(self, text: str, timeout: float | None = None) -> ShellResult:
+            if "pm list packages -U" in text:
+                return ShellResult(text, 0, "package:com.example.app uid:10123\n")
+            return ShellResult(text, 0, f"{_MARK} tcp\n{table}")
+
+    sampler = SocketSampler(RecordedPhone(), tmp_path / "sockets.json")
+    sampler.snapshot()
+    assert [(s["sport"], s["uid"]) for s in sampler.sockets.values()] == [(0xA1B4, 10123)]

@@ -203,6 +203,8 @@ class SocketSampler:
             if entries:
                 self.source = source
             for entry in entries:
+                if entry.state in ("TIME_WAIT", "TIME-WAIT"):
+                    continue  # a closed connection: the kernel shows uid 0 (root) for it, not its app
                 key = (entry.proto, entry.src, entry.sport, entry.dst, entry.dport, entry.uid)
                 seen = self.sockets.get(key)
                 if seen is None:
