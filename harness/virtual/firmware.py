@@ -43,6 +43,7 @@ from harness.virtual.spec import ClientSpec, Success, VirtualSpec, encode, json_
 
 EVENTS = ("boot", "power-up", "screen-on", "unlock", "idle", "lock", "connectivity-change")
 TIMEOUT = 8.0
+KEEP_ALIVE_IDLE = 8.0  # seconds an HTTP connection stays open after its answer (OkHttp keeps 5 min)
 SENT_KEPT = 10000  # a phone left running sends forever: keep the most recent records
 SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
 # the app uid of the client whose request is being sent (each trigger runs in its own task)
@@ -548,11 +549,14 @@ class Firmware:
         try:
             writer.write(head.encode("latin-1") + payload)
             await writer.drain()
-            return await _read_http_response(reader)
-        finally:
+            answer = await _read_http_response(reader)
+        except BaseException:
             writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            raise
+        # like Android's HTTP stacks, keep the idle connection pooled for a while (the socket, and its
+        # owner in /proc/net, outlive the request), then close it
+        asyncio.get_running_loop().call_later(KEEP_ALIVE_IDLE, writer.close)
+        return answer
 
     async def coap(self, client: ClientSpec, values: dict[str, str], address: str, payload: bytes,
                    device: str | None) -> tuple[int | None, bytes]:
