@@ -100,6 +100,8 @@ def test_findings_are_attributed_to_the_phase_they_fell_in(gate_run: dict[str, A
     for finding in incident:
         assert finding["phase"] in expected[finding["scenario"]], finding
         assert finding["cycle"] == 1 and finding["encoding"] == ["http-body", "base64", "json"]
+    # the sending app, from socket-owner snapshots taken while the capture ran
+    assert any(f["app"] == "com.qualcomm.qti.autoregistration" for f in incident)
     kinds = {(f["identifier"], f["slot"]) for f in incident if f["scenario"] == "power-up"}
     assert {("imei", 1), ("imei", 2), ("imsi", 1), ("iccid", 1), ("wifi_mac", None), ("cell_id", None)} <= kinds
     audit = [f for f in data["findings"] if f["rule"] == "activation-package-installed"]
