@@ -257,8 +257,9 @@ def _countries(node: Node, base: Path) -> CountryRule:
         database = shipped_database()
         where = (node.path, node.line, node.field)
         if database is None:
-            raise node.error("`database:` is required: this phonehome ships no IP-to-country database; name a "
-                             "MaxMind-format .mmdb (GeoLite2-Country, DB-IP IP-to-Country Lite, ...)")
+            raise node.error("`database:` is required: the built-in IP-to-country database (the iptocc package) "
+                             "is not installed; `pip install iptocc`, or name a MaxMind-format .mmdb "
+                             "(GeoLite2-Country, DB-IP IP-to-Country Lite, ...)")
     return CountryRule(mode, frozenset(codes), database, where)
 
 

@@ -294,6 +294,9 @@ def test_bad_profile_names_file_line_field(tmp_path: Path) -> None:
     ["--exclude", "10.0.0.1:99999"],
     ["--bogus-option"],
     ["--profile", "no-such-profile"],
+    ["--canary", "gstatic"],  # in this (clean) capture, as in most: seeing it proves nothing
+    ["--canary", ""],
+    ["--canary", " ph7f3a9c21"],
 ])
 def test_bad_arguments(tmp_path: Path, args: list[str]) -> None:
     capture = write_pcap(tmp_path / "c.pcap", clean_packets())

@@ -11,7 +11,7 @@ import random
 import pytest
 
 from harness.analyzer.decoders import analyze_unit
-from harness.analyzer.matcher import Matcher, luhn_digit, luhn_ok, split_msisdn, tbcd
+from harness.analyzer.matcher import Matcher, find_runs, luhn_digit, luhn_ok, split_msisdn, tbcd
 from harness.analyzer.model import Flow, Hit, StreamUnit
 from harness.identifiers import IdentifierSet, Kind
 
@@ -224,3 +224,31 @@ def test_nothing_to_look_for_still_scans_for_hosts() -> None:
     result = analyze_unit(unit, matcher)
     assert result.hits == []
     assert [c.host for c in result.contacts] == ["example.org"]
+
+
+def test_run_finders_agree() -> None:
+    """The hyperscan run finder (start/stop scans, dense stretches handed to `find_runs`) gives
+    exactly what the portable `find_runs` gives: Base64 runs across line breaks, hex runs
+    inside them, runs at either end of the buffer, and thick runs of tokens."""
+    import base64
+
+    fast = Matcher(None, guess=False, canary="c4n4ry", portable=False)
+    portable = Matcher(None, guess=False, canary="c4n4ry", portable=True)
+    if not fast.hyperscan:
+        pytest.skip("no hyperscan on this platform")
+    rng = random.Random(8)
+    alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/_-"
+    makers = [
+        lambda: bytes(rng.choice(alphabet) for _ in range(rng.randrange(1, 60))),
+        lambda: rng.choice([b" ", b"\n", b"\r\n", b'","', b"=", b"\x00"]),
+        lambda: rng.randbytes(rng.randrange(1, 40)).hex().encode(),
+        lambda: rng.randbytes(rng.randrange(1, 20)).hex().upper().encode(),
+        lambda: base64.encodebytes(rng.randbytes(rng.randrange(10, 300))),
+        lambda: rng.randbytes(rng.randrange(1, 8)),
+    ]
+    buffers = [b"", b"A" * 24, b"a" * 23, b"x " + b"Ab" * 20, b"0123456789abcdef" * 3 + b"\n" + b"Q" * 30]
+    buffers += [b"".join(rng.choice(makers)() for _ in range(rng.randrange(0, 300))) for _ in range(400)]
+    dense = b'","'.join(base64.b64encode(rng.randbytes(24)) for _ in range(300))  # the hand-over
+    buffers += [dense, b"plain text " * 5000 + dense + b" tail " + b"deadbeef" * 4]
+    for buf in buffers:
+        assert fast.find_runs(buf) == portable.find_runs(buf) == find_runs(buf), buf[:120]

@@ -3,9 +3,14 @@ destination-country rule on a real .mmdb file written here, and the installed-pa
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import json
+import os
+import shutil
 import struct
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +22,7 @@ from harness.analyzer import analyze
 from harness.errors import ConfigError
 from harness.identifiers import IdentifierSet
 from harness.policy.catalog import load_catalog
-from harness.policy.geoip import CountryDatabase
+from harness.policy.geoip import BUILTIN, CountryDatabase
 from harness.policy.policy import audit_packages
 from harness.profile import load_profile
 
@@ -268,6 +273,51 @@ def test_country_rule_with_a_broken_database_exits_2(tmp_path: Path) -> None:
     done = run_cli("analyze", capture, "--profile", profile)
     assert done.returncode == 2
     assert f"{profile}:4: countries.database: cannot read country database" in done.stderr
+
+
+def test_shipped_database_looks_up_offline() -> None:
+    """iptocc's data is inside its wheel: lookups open no file and need no network at all."""
+    db = CountryDatabase(BUILTIN, ("p.yaml", 2, "countries"))
+    try:
+        assert db.description.startswith("iptocc ")
+        assert db.country("42.99.2.15") == "CN"  # China Telecom's hard-coded zzhc address
+        assert db.country("8.8.8.8") == "US" and db.country("2001:4860:4860::8888") == "US"
+        assert db.country("10.1.2.3") is None and db.country("fe80::1") is None  # private, link-local
+        assert db.country("not an address") is None
+    finally:
+        db.close()
+    package = Path(importlib.util.find_spec("iptocc").origin or "").parent  # type: ignore[union-attr]
+    assert {p.suffix for p in package.iterdir() if p.is_file()} <= {".py", ".pyi", ".so", ".typed", ""}
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        pytest.skip("needs root and unshare(1) for a process without any network")
+    code = ("from harness.policy.geoip import BUILTIN, CountryDatabase as D\n"
+            "print(D(BUILTIN, ('p', 1, 'f')).country('42.99.2.15'))")
+    done = subprocess.run(["unshare", "--net", sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=False)
+    if done.returncode != 0 and "unshare failed" in done.stderr:
+        pytest.skip(f"unshare --net: {done.stderr.strip()}")
+    assert (done.returncode, done.stdout.strip()) == (0, "CN"), done.stderr
+
+
+def test_country_rule_with_the_shipped_database(tmp_path: Path) -> None:
+    """No `database:`: the shipped one. A flow to a Chinese address is `unapproved-country`."""
+    clock = [sample.START]
+    packets = clean_packets() + raw_tcp("42.99.7.7", 443, b"\x16\x03\x01", clock) + \
+        raw_tcp("8.8.4.4", 443, b"x", clock, sport=41602)
+    path = tmp_path / "countries.yaml"
+    path.write_text('market: "NO"\ncountries:\n  deny: [CN]\n')
+    report = _analyze(tmp_path, packets, profile=load_profile(path))
+    (finding,) = [f for f in report.findings if f.rule == "unapproved-country"]
+    assert (finding.dst, finding.dport, finding.detail["country"]) == ("42.99.7.7", 443, "CN")
+    assert finding.detail["database"] == str(BUILTIN) and report.status == "leak"
+    path.write_text('market: "NO"\ncountries:\n  allow: ["NO"]\n')
+    report = _analyze(tmp_path, packets, profile=load_profile(path))
+    flagged = {(f.dst, f.detail["country"]) for f in report.findings if f.rule == "unapproved-country"}
+    assert {("42.99.7.7", "CN"), ("8.8.4.4", "US")} <= flagged  # and the clean traffic's US servers
+    assert all(country != "NO" and not dst.startswith("10.") for dst, country in flagged)
+    capture = write_pcap(tmp_path / "cli.pcap", packets)
+    done = run_cli("analyze", capture, "--profile", path)
+    assert done.returncode == 1 and "unapproved-country" in done.stdout + done.stderr
 
 
 # --- installed packages ----------------------------------------------------------------------

@@ -9,6 +9,8 @@ import pytest
 from harness import profile as profile_mod
 from harness.errors import ConfigError
 from harness.identifiers import DEFAULT_REQUIRED, Kind
+from harness.policy import geoip
+from harness.policy.geoip import BUILTIN
 from harness.profile import DEFAULT_DWELL, load_profile, profile_names
 
 DATA = Path(__file__).parent / "data" / "profiles"
@@ -60,7 +62,6 @@ BAD = [
     ('market: "NO"\nhas_sim: false\nrequire: [imei, iccid]\n', 3, "require[1]", "has_sim: false"),
     ('market: "NO"\nidentifiers:\n  imei: ["35824005111111X"]\n', 3, "imei[0]", "14 to 16 digits"),
     ('market: "NO"\nidentifiers:\n  imei: "358240051111110"\n  shoe_size: ["44"]\n', 4, "shoe_size", "unknown kind"),
-    ('market: "NO"\ncountries:\n  deny: [CN]\n', 2, "countries", "`database:` is required"),
     ('market: "NO"\ncountries:\n  deny: [CN]\n  allow: [NO]\n  database: x.mmdb\n', 2, "countries", "exactly one"),
     ('market: "NO"\ncountries:\n  deny: [CN, Mars]\n  database: x.mmdb\n', 3, "countries.deny[1]", "not an ISO"),
     ('market: "NO"\nunlock: {method: pin}\n', 2, "unlock", "secret_env"),
@@ -104,6 +105,23 @@ def test_country_database_path_is_relative_to_the_profile(tmp_path: Path) -> Non
     assert rule is not None and rule.mode == "allow" and rule.countries == {"NO", "SE"}
     assert rule.database == tmp_path / "sub" / ".." / "Country.mmdb"
     assert rule.where == (str(path), 4, "countries.database")
+
+
+def test_country_rule_without_database_uses_the_shipped_one(tmp_path: Path) -> None:
+    path = tmp_path / "sku.yaml"
+    path.write_text('market: "NO"\ncountries:\n  deny: [CN]\n')
+    rule = load_profile(path).countries
+    assert rule is not None and rule.database == BUILTIN  # iptocc, a dependency: nothing to download
+    assert rule.where == (str(path), 2, "countries")
+
+
+def test_country_rule_without_database_needs_iptocc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(geoip, "_iptocc_version", lambda: None)  # as if it were not installed
+    path = tmp_path / "sku.yaml"
+    path.write_text('market: "NO"\ncountries:\n  deny: [CN]\n')
+    with pytest.raises(ConfigError, match=r"`database:` is required.*iptocc") as caught:
+        load_profile(path)
+    assert (caught.value.line, caught.value.field) == (2, "countries")
 
 
 def test_missing_profile_file_and_unknown_name(tmp_path: Path) -> None:

@@ -510,6 +510,43 @@ def test_tcpdump_any_inside_a_namespace(tmp_path: Path, tool: Callable[[str], st
     assert stream.summary.link_types == [link]
 
 
+TAGGED = textwrap.dedent("""
+    import sys
+    from scapy.all import Dot1AD, Dot1Q, Ether, IP, TCP, UDP, sendp
+    marker = sys.argv[1].encode()
+    base = Ether(src="02:00:5e:10:00:01", dst="02:00:5e:10:00:02")
+    flow = IP(src="10.77.0.1", dst="10.77.0.2")
+    frames = [base / Dot1Q(vlan=7) / flow / TCP(sport=40000, dport=8080, flags="S", seq=100),
+              base / Dot1Q(vlan=7) / flow / TCP(sport=40000, dport=8080, flags="PA", seq=101, ack=1) / marker,
+              base / Dot1AD(vlan=100) / Dot1Q(vlan=7) / flow / UDP(sport=40001, dport=9) / (b"datagram " + marker)]
+    sendp(frames, iface="ph0", verbose=False)
+""")
+
+
+def test_tcpdump_on_a_vlan_trunk(tmp_path: Path, tool: Callable[[str], str], netns_available: None) -> None:
+    """802.1Q (and QinQ) frames on a real interface, written by the real tcpdump: libpcap puts
+    back the tag that veth's VLAN offload took off. (This kernel has no 8021q module for VLAN
+    interfaces, so scapy sends the tagged frames; everything stays inside the namespace.)"""
+    path = tmp_path / "trunk.pcap"
+    marker = "imei=358240051111110"
+    with namespace() as ns:
+        for args in (["link", "add", "ph0", "type", "veth", "peer", "name", "gw0"],
+                     ["link", "set", "ph0", "up"], ["link", "set", "gw0", "up"]):
+            subprocess.run(["ip", "-n", ns, *args], check=True, capture_output=True)
+        with tcpdump(["ip", "netns", "exec", ns, tool("tcpdump"), "-i", "gw0"], path):
+            done = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", TAGGED, marker],
+                                  capture_output=True, text=True, timeout=60, check=False)
+            assert done.returncode == 0, done.stderr
+    frames = [data for data, _ in RawPcapReader(str(path))]
+    assert any(data[12:14] == b"\x81\x00" for data in frames)  # the tags are in the file
+    assert any(data[12:14] == b"\x88\xa8" for data in frames)
+    units, stream = read(path)
+    assert stream.summary.link_types == [1]
+    got = {(u.flow.proto, u.flow.dst, u.flow.dport, u.data) for u in units if u.flow.dst == "10.77.0.2"}
+    assert got == {("tcp", "10.77.0.2", 8080, marker.encode()),  # (the kernel's own IPv6 ND frames aside)
+                   ("udp", "10.77.0.2", 9, b"datagram " + marker.encode())}
+
+
 def test_tcpdump_capture_killed_mid_write_is_truncated_not_an_error(tmp_path: Path,
                                                                      tool: Callable[[str], str]) -> None:
     if os.geteuid() != 0:

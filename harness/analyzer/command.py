@@ -56,6 +56,19 @@ def check_exclude(value: str) -> str:
     return value
 
 
+CANARY_MIN = 8  # the capture backends send 22 random characters; a short marker is seen by chance
+
+
+def check_canary(value: str | None) -> str | None:
+    """A marker long enough that seeing it proves something; else a one-line usage error."""
+    if value is None:
+        return None
+    if value != value.strip() or len(value) < CANARY_MIN:
+        raise PhonehomeError(f"--canary {value!r}: expected a marker of at least {CANARY_MIN} characters without "
+                             "surrounding spaces (a short one turns up by chance and proves nothing)")
+    return value
+
+
 def run(args: argparse.Namespace) -> int:
     from harness.analyzer import analyze, coverage_of, merged_identifiers
     from harness.analyzer.report import Redactor, render_console, write_json
@@ -63,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
     from harness.profile import load_profile
 
     exclude = [check_exclude(v) for v in args.exclude]
+    canary = check_canary(args.canary)
     identifiers = IdentifierSet.load(args.identifiers) if args.identifiers else None
     catalog = load_catalog(args.catalog)
     profile = load_profile(args.profile, catalog) if args.profile else None
@@ -70,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     notes = [GUESS_NOTE] if identifiers is None else []
     redactor = Redactor(merged_identifiers(identifiers, profile))
     try:
-        report = analyze(args.capture, identifiers, guess=guess, profile=profile, canary=args.canary,
+        report = analyze(args.capture, identifiers, guess=guess, profile=profile, canary=canary,
                          exclude=exclude, catalog=catalog)
     except PhonehomeError as exc:  # the inputs were fine, the capture is not: still say so in the JSON
         reason = redactor.text(str(exc))

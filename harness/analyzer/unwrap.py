@@ -36,7 +36,6 @@ from harness.analyzer.matcher import (
     DECODE_TRIGGERS,
     GUESS_TRIGGERS,
     HEX_MIN,
-    HEX_RUN,
     KEY_WINDOW,
     PROTOCOL_TRIGGERS,
     U16_MIN,
@@ -45,7 +44,6 @@ from harness.analyzer.matcher import (
     Matcher,
     Trigger,
     find_digit_runs,
-    find_runs,
 )
 from harness.analyzer.model import Encoding, Hit
 
@@ -187,10 +185,8 @@ class Unwrapper:
         return Outcome(self.hits, self.undecoded, self.events)
 
     def _runs(self, layer: _Layer) -> list[tuple[int, int, int]]:
-        """Long Base64/hex runs (and, guessing, digit runs): a fast check that the layer has
-        any, before the slower exact search. (No run crosses a separator.)"""
-        kinds = self.matcher.run_kinds(layer.buf)
-        runs = find_runs(layer.buf, hexes=bool(kinds & HEX_RUN)) if kinds else []
+        """Long Base64/hex runs (and, guessing, digit runs). (No run crosses a separator.)"""
+        runs = self.matcher.find_runs(layer.buf)
         if self.matcher.guess:
             runs += find_digit_runs(layer.buf)
         return runs

@@ -85,11 +85,13 @@ class Client:
     def matches_host(self, host: str) -> bool:
         return any(host_matches(pattern, host) for pattern in self.hosts)
 
-    def matches_address(self, address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
+    def matches_address(self, address: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        if isinstance(address, str):
+            try:
+                address = ipaddress.ip_address(address)
+            except ValueError:
+                return False
+        ip = address
         return any(ip.version == net.version and ip in net for net in self.addresses)
 
     def port_known(self, proto: str, port: int | None) -> bool:
@@ -115,7 +117,11 @@ class Catalog:
         return next((c for c in self.clients if c.matches_host(host)), None)
 
     def by_address(self, address: str) -> Client | None:
-        return next((c for c in self.clients if c.matches_address(address)), None)
+        try:  # parsed once, not once per client (called for every flow of a capture)
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return None
+        return next((c for c in self.clients if c.addresses and c.matches_address(ip)), None)
 
     def by_package(self, package: str) -> Client | None:
         return next((c for c in self.clients if package in c.packages), None)
