@@ -32,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--exclude", action="append", default=[], metavar="ADDR[:PORT]",
                         help="leave out the harness's own flows (adb over TCP); repeatable")
     parser.add_argument("--json", type=Path, metavar="OUT.json", help="write the findings JSON (0600) here")
+    parser.add_argument("--sockets", type=Path, metavar="SOCKETS.json",
+                        help="socket-owner snapshots a phonehome capture wrote beside it (CAPTURE.sockets.json): "
+                             "names the app of each flow")
     parser.add_argument("--catalog", action="append", type=Path, default=[], metavar="EXTRA.yaml",
                         help="extra activation-client catalog entries (same schema as the built-in one)")
 
@@ -76,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
     from harness.profile import load_profile
 
     exclude = [check_exclude(v) for v in args.exclude]
+    if args.sockets is not None and not args.sockets.is_file():
+        raise PhonehomeError(f"--sockets {args.sockets}: no such file")
     canary = check_canary(args.canary)
     identifiers = IdentifierSet.load(args.identifiers) if args.identifiers else None
     catalog = load_catalog(args.catalog)
@@ -85,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     redactor = Redactor(merged_identifiers(identifiers, profile))
     try:
         report = analyze(args.capture, identifiers, guess=guess, profile=profile, canary=canary,
-                         exclude=exclude, catalog=catalog)
+                         exclude=exclude, catalog=catalog, attribution=args.sockets)
     except PhonehomeError as exc:  # the inputs were fine, the capture is not: still say so in the JSON
         reason = redactor.text(str(exc))
         if args.json is not None:
