@@ -242,6 +242,14 @@ def test_missing_capture(tmp_path: Path) -> None:
     assert report["status"] == "unverified" and "nope.pcap" in report["reasons"][0]
 
 
+def test_missing_sockets_file(tmp_path: Path) -> None:
+    capture = tmp_path / "c.pcap"
+    capture.write_bytes(b"")
+    done = run_cli("analyze", capture, "--sockets", tmp_path / "c.pcap.sockets.json")
+    assert done.returncode == 2
+    assert one_line(done.stderr).endswith("c.pcap.sockets.json: no such file")
+
+
 def test_not_a_capture(tmp_path: Path) -> None:
     bogus = tmp_path / "notes.pcap"
     bogus.write_text("this is a text file, not a capture\n" * 20)
