@@ -111,8 +111,8 @@ def test_findings_are_attributed_to_the_phase_they_fell_in(gate_run: dict[str, A
 def test_a_leak_reads_like_a_report(gate_run: dict[str, Any]) -> None:
     out = gate_run["result"].out
     assert "LEAK: virtual-nokia7plus-2019 Nokia 7 plus (Android 9" in out
-    assert ("plaintext-identifier: imei[1] …560 in http-body > base64 > json to zzhc.vnet.cn:80 "
-            "[power-up (cycle 1)") in out
+    assert re.search(r"plaintext-identifier: imei\[1\] …560 in http-body > base64 > json to zzhc\.vnet\.cn:80 "
+                     r"\[(app com\.qualcomm\.qti\.autoregistration, )?power-up \(cycle 1\), frame \d+\]", out)
     assert "raw capture (owner-only): " in out
     assert re.search(r"^LEAK\s+virtual-nokia7plus-2019 .* finding\(s\)", out, re.M)
     assert re.search(r"^CLEAN\s+virtual-clean ", out, re.M)
