@@ -134,3 +134,91 @@ def test_lock_dies_with_its_process(locks: Path, adb_server: dict[str, str]) -> 
     adb = Adb(adbutils.AdbClient(port=port), "R58M123456")
     with SerialLock(adb) as lock:
         assert lock.held
+
+
+def test_a_server_that_hangs_is_a_timeout_naming_the_call_never_the_serial() -> None:
+    """An adb server that accepts and never answers (a wedged farm host): every call ends at its
+    deadline with an error naming the call, and the hardware serial stays masked."""
+    import threading
+    import time
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        accepted: list[socket.socket] = []
+        stop = threading.Event()
+
+        def accept() -> None:
+            silent.settimeout(0.2)
+            while not stop.is_set():
+                try:
+                    accepted.append(silent.accept()[0])
+                except OSError:
+                    continue
+
+        worker = threading.Thread(target=accept, daemon=True)
+        worker.start()
+        try:
+            adb = Adb(adbutils.AdbClient(port=silent.getsockname()[1]), "R58M123456", timeout=1)
+            calls = {"features": adb.features, "state": adb.state, "shell": lambda: adb.script("echo hi"),
+                     "reboot": lambda: adb.reboot(timeout=1), "connect": lambda: adb.connect(timeout=1)}
+            for name, call in calls.items():
+                start = time.monotonic()
+                with pytest.raises(DeviceError, match="timed out") as info:
+                    call()
+                assert time.monotonic() - start < 8, name
+                assert "R58M123456" not in str(info.value) and "…456" in str(info.value), (name, str(info.value))
+        finally:
+            stop.set()
+            worker.join(timeout=5)
+            for conn in accepted:
+                conn.close()
+
+
+def test_devices_command_masks_usb_serials_unless_asked(capsys: pytest.CaptureFixture[str]) -> None:
+    """A farm host's server listing a USB phone (its serial is the hardware serial): `phonehome devices
+    --adb-server` shows it masked, and whole only with --show-serials. The server side is the adb host
+    protocol (4-hex length, OKAY, length-prefixed reply), served here from a socket."""
+    import argparse
+    import threading
+
+    replies = {"host:devices": "R58M123456\tunauthorized\n",
+               "host:devices-l": "R58M123456             unauthorized usb:1-1 transport_id:3\n"}
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        server.settimeout(10)
+        stop = threading.Event()
+
+        def serve() -> None:
+            while not stop.is_set():
+                try:
+                    conn, _ = server.accept()
+                except OSError:
+                    return
+                with conn:
+                    head = conn.recv(4)
+                    if len(head) < 4:  # the reachability probe connects and closes
+                        continue
+                    request = conn.recv(int(head, 16)).decode()
+                    body = replies.get(request)
+                    if body is None:
+                        conn.sendall(b"FAIL0007unknown")
+                    else:
+                        conn.sendall(b"OKAY" + f"{len(body):04x}".encode() + body.encode())
+
+        worker = threading.Thread(target=serve, daemon=True)
+        worker.start()
+        parser = argparse.ArgumentParser()
+        add_arguments(parser)
+        where = f"127.0.0.1:{server.getsockname()[1]}"
+        try:
+            assert run(parser.parse_args(["--adb-server", where])) == 0
+            table = capsys.readouterr().out
+            assert "R58M123456" not in table and "…456" in table and "unauthorized" in table and where in table
+            assert run(parser.parse_args(["--adb-server", where, "--show-serials", "--json"])) == 0
+            assert '"serial": "R58M123456"' in capsys.readouterr().out
+        finally:
+            stop.set()
+            server.close()
+            worker.join(timeout=5)

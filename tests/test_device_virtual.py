@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -57,11 +58,20 @@ def _open(phone: VirtualPhone, **kwargs: Any) -> Device:
 # --- selection --------------------------------------------------------------------------------
 
 def test_open_reads_props_and_info(phone: VirtualPhone) -> None:
-    with _open(phone) as dev:
+    class Profile:
+        market = "NO"
+
+    with _open(phone, profile=Profile()) as dev:
         info = dev.info()
         assert info.sdk == 30 and info.release == "11"
         assert info.model == phone.spec.model
         assert dev.label == phone.serial  # an address, not a hardware serial: shown as is
+        props = _model(phone).props()
+        assert info.fingerprint == props["ro.build.fingerprint"] and info.build_type == props["ro.build.type"]
+        sim = phone.spec.sim
+        assert info.mcc_mnc == [(sim.mcc, sim.mnc)] and info.market == "NO"
+        text = json.dumps(info.to_json())
+        assert f"{sim.mcc}-{sim.mnc}" in text and _model(phone).serial not in text
 
 
 def test_android_serial_and_all_attached(phone: VirtualPhone) -> None:
@@ -82,6 +92,21 @@ def test_unauthorized_phone_is_one_clear_error(virtual_phones: Phones) -> None: 
     (locked_out,) = virtual_phones(make_spec("clean"), network=False, faults=["unauthorized"])
     with pytest.raises(DeviceOffline, match=r"is unauthorized \(accept the USB debugging prompt"):
         open_device(parse_spec(locked_out.serial))
+
+
+def test_lock_holds_across_transports_and_servers(phone: VirtualPhone, adb_server: dict[str, str]) -> None:
+    """The same phone named another way (here: through the same server as `SERIAL@localhost:PORT`, as a
+    farm would name it) is still one phone: the lock is also on its hardware serial."""
+    from harness.device import DeviceBusy
+
+    other_name = f"{phone.serial}@localhost:{adb_server['ANDROID_ADB_SERVER_PORT']}"
+    with _open(phone):
+        with pytest.raises(DeviceBusy, match="in use by another phonehome process"):
+            Device.open(other_name, timeouts=FAST)
+        names = " ".join(p.name for p in Path(os.environ["PHONEHOME_LOCK_DIR"]).iterdir())
+        assert _model(phone).serial not in names
+    with Device.open(other_name, timeouts=FAST) as dev:  # released with the first
+        assert dev.adb.script("echo ok").stdout.strip() == "ok"
 
 
 def test_lock_refuses_a_second_driver(phone: VirtualPhone) -> None:
@@ -458,3 +483,77 @@ def test_devices_command_lists_the_phone(phone: VirtualPhone, capsys: pytest.Cap
     table = capsys.readouterr().out
     assert table.splitlines()[0].split() == ["SERIAL", "STATE", "MODEL", "ANDROID", "API", "TYPE", "BUILD"]
     assert phone.serial in table
+
+
+# --- the unlock secret --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("use_u2", [True, False], ids=["uiautomator2", "adb-input"])
+def test_pin_never_in_a_command_line_log_or_traceback(virtual_phones: Phones, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+                                                       caplog: pytest.LogCaptureFixture, use_u2: bool) -> None:
+    """adbd's service strings (`sh -c` argv on a real phone), every process's argv, log records and the
+    traceback pytest prints (function arguments, locals) never hold the PIN."""
+    from harness.device.lifecycle import StepNotVerified
+    from harness.virtual.adbd import AdbDaemon
+    from harness.virtual.shell import Shell
+
+    right, wrong = "47118642", "93570135"
+    (pinned,) = virtual_phones(make_spec("clean", android=14, lock="pin", pin=right), network=False)
+    seen: list[str] = []
+    route, run_argv = AdbDaemon.route, Shell.run_argv
+
+    def spy_route(self: Any, destination: str) -> Any:
+        seen.append(destination)
+        return route(self, destination)
+
+    async def spy_argv(self: Any, argv: list[str], *args: Any, **kwargs: Any) -> int:
+        seen.append(" ".join(argv))
+        return await run_argv(self, argv, *args, **kwargs)
+
+    monkeypatch.setattr(AdbDaemon, "route", spy_route)
+    monkeypatch.setattr(Shell, "run_argv", spy_argv)
+
+    class Unlock:
+        method = "pin"
+        secret_env = "PH_TEST_PIN"
+
+    class Profile:
+        unlock = Unlock()
+
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.setenv("PH_TEST_PIN", wrong)
+    with _open(pinned, profile=Profile(), use_u2=use_u2) as dev:
+        with pytest.raises(StepNotVerified) as failed:
+            dev.unlock()
+        # the frames of the code under test (the test's own frames hold the PINs it chose)
+        failed.traceback = failed.traceback.filter(lambda entry: "/harness/" in str(entry.path))
+        printed = str(failed.getrepr(style="long", funcargs=True, showlocals=True))
+        assert "Secret(***)" in printed  # the argument is there, masked
+        dev.screen_off()
+        monkeypatch.setenv("PH_TEST_PIN", right)
+        done = dev.unlock()
+        assert done.verified and done.driver == ("uiautomator2" if use_u2 else "adb")
+        _method, secret = dev.unlock_secret()
+        assert repr(secret) == str(secret) == f"{secret}" == "Secret(***)" and secret is not None
+    assert any("input" in line or "jsonrpc" in line or "tcp:" in line for line in seen)
+    for pin in (right, wrong):
+        assert pin not in printed
+        assert not [line for line in seen if pin in line]
+        assert pin not in caplog.text
+        assert pin not in json.dumps(done.to_json())
+
+
+def test_secret_type_errors_do_not_echo_the_secret() -> None:
+    from harness.device.adb import Secret
+    from harness.device.lifecycle import pattern_points, secret_keys
+    from harness.errors import DeviceError
+
+    with pytest.raises(DeviceError) as bad_pattern:
+        pattern_points(Secret("1-2-x-9"), (0, 0, 300, 300))
+    assert "x" not in str(bad_pattern.value).replace("e.g.", "") and "1-2-x" not in str(bad_pattern.value)
+    with pytest.raises(DeviceError) as bad_pin:
+        secret_keys(Secret("12€4"))
+    assert "€" not in str(bad_pin.value)
+    with pytest.raises(TypeError):
+        import pickle
+
+        pickle.dumps(Secret("1234"))

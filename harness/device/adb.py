@@ -28,7 +28,7 @@ log = logging.getLogger("phonehome.device")
 
 DEFAULT_TIMEOUT = 30.0
 _CONNECT_TIMEOUT = 5.0
-_SHELL_V2_STDOUT, _SHELL_V2_STDERR, _SHELL_V2_EXIT, _SHELL_V2_CLOSE_STDIN = 1, 2, 3, 4
+_SHELL_V2_STDIN, _SHELL_V2_STDOUT, _SHELL_V2_STDERR, _SHELL_V2_EXIT, _SHELL_V2_CLOSE_STDIN = 0, 1, 2, 3, 4
 
 
 class AdbTimeout(DeviceError):
@@ -41,6 +41,45 @@ class DeviceOffline(DeviceError):
 
 class DeviceUnrecoverable(DeviceError):
     """Recovery gave up: an infrastructure failure, not a finding about the phone under test."""
+
+
+class Secret:
+    """A value that must not leak: its repr and str are masked, so a pytest traceback that prints a
+    function's arguments, a log line or an exception message shows `Secret(***)`, never the value.
+
+    Only `reveal()` gives the value; call it inline where the value is used, not into a local.
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str | Secret) -> None:
+        self._value = value.reveal() if isinstance(value, Secret) else str(value)
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret(***)"
+
+    __str__ = __repr__
+
+    def __format__(self, spec: str) -> str:
+        return "Secret(***)"
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __len__(self) -> int:
+        return len(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and secrets.compare_digest(self._value.encode(), other._value.encode())
+
+    def __hash__(self) -> int:
+        return hash(("Secret", len(self._value)))
+
+    def __reduce__(self) -> tuple[object, ...]:
+        raise TypeError("a Secret is not pickled")
 
 
 def label(serial: str, server: str | None = None) -> str:
@@ -147,7 +186,8 @@ class Adb:
                 conn.check_okay()
                 return str(conn.read_string_block())
         except (TimeoutError, adbutils.AdbTimeout):
-            raise AdbTimeout(f"adb server request {request.split(':')[1]!r} for {self.label} timed out") from None
+            raise AdbTimeout(f"adb server request {self._scrub(request)!r} for {self.label} timed out "
+                             f"after {timeout or self.timeout:g} s") from None
         except (adbutils.AdbError, OSError, EOFError) as exc:
             raise DeviceOffline(f"adb server: {self._scrub(str(exc))} ({self.label})") from None
 
@@ -213,10 +253,13 @@ class Adb:
         """Run one command given as arguments; each is quoted, so none can inject shell syntax."""
         return self.script(sh_join(argv), timeout, shown=shown)
 
-    def _shell_v2(self, text: str, deadline: float) -> ShellResult:
+    def _shell_v2(self, text: str, deadline: float, *, stdin: Secret | None = None) -> ShellResult:
         conn = self._open(f"shell,v2,raw:{text}", deadline)
         try:
             sock = conn.conn
+            if stdin is not None:  # one stdin packet (id 0): the script, ending with a newline
+                size = len(stdin.reveal().encode()) + 1
+                sock.sendall(bytes([_SHELL_V2_STDIN]) + size.to_bytes(4, "little") + stdin.reveal().encode() + b"\n")
             sock.sendall(bytes([_SHELL_V2_CLOSE_STDIN]) + (0).to_bytes(4, "little"))
             out, err = bytearray(), bytearray()
             exit_code: int | None = None
@@ -240,7 +283,7 @@ class Adb:
                         exit_code = data[0] if data else 0
             if exit_code is None:
                 raise DeviceOffline("the stream closed before the command finished (connection dropped?)")
-            return ShellResult(text, exit_code, _text(out), _text(err))
+            return ShellResult("<stdin>" if stdin is not None else text, exit_code, _text(out), _text(err))
         finally:
             conn.close()
 
@@ -260,6 +303,27 @@ class Adb:
         code_text = raw[at + len(marker):].strip()
         code = int(code_text) if code_text.isdigit() else None
         return ShellResult(text, code, _text(raw[:at]))
+
+    def script_stdin(self, script: Secret, timeout: float | None = None, *, shown: str) -> ShellResult:
+        """Run a script that holds a secret by writing it to the phone's `sh` on stdin.
+
+        The adb service is `shell,v2,raw:` with no command, so the script is in no command line:
+        not in the service string the adb server and adbd see, not in `sh -c`'s argv on the phone.
+        Errors and logs name only `shown`.
+        """
+        timeout = timeout or self.timeout
+        what = f"adb shell {shown!r} (script on stdin)"
+        deadline = time.monotonic() + timeout
+        try:
+            if "shell_v2" not in self.features():
+                raise DeviceError("adbd does not offer shell_v2 (Android 7+), needed to pass a secret on stdin")
+            result = self._shell_v2("", deadline, stdin=script)
+        except DeviceError as exc:
+            raise type(exc)(f"{what}: {exc}") from None
+        except (TimeoutError, adbutils.AdbError, OSError, EOFError) as exc:
+            raise self._failure(what, exc, timeout) from None
+        log.debug("%s on %s -> exit %s", shown, self.label, result.exit_code)
+        return ShellResult(shown, result.exit_code, result.stdout, result.stderr)
 
     def run_many(self, commands: Sequence[str], timeout: float | None = None) -> list[ShellResult]:
         """Several harness-written commands in one shell call, split back into one result each.

@@ -20,7 +20,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
-from harness.device.adb import Adb, AdbTimeout, DeviceOffline
+from harness.device.adb import Adb, AdbTimeout, DeviceOffline, Secret
 from harness.device.identifiers import Harvest, Harvester, Root, detect_root
 from harness.device.info import (
     DeviceInfo,
@@ -34,7 +34,7 @@ from harness.device.info import (
 )
 from harness.device.lifecycle import BootRecord, Lifecycle, RecoveryReport, ScreenState, StepResult, Timeouts
 from harness.device.preconditions import Preconditions, check, ensure_mobile_data_off, ensure_private_dns_off
-from harness.device.select import SerialLock, lock_dir, lock_key, open_device, parse_spec
+from harness.device.select import SerialLock, hardware_lock_key, lock_dir, lock_key, open_device, parse_spec
 from harness.device.settings import SettingsJournal
 from harness.errors import DeviceError
 from harness.identifiers import DEFAULT_REQUIRED, IdentifierSet, Kind
@@ -52,6 +52,8 @@ class Device:
         self.adb = adb
         self.profile = profile
         self._lock = SerialLock(adb, wait=lock_wait) if lock else None
+        self._lock_wait = lock_wait
+        self._hw_lock: SerialLock | None = None
         self.journal = SettingsJournal(adb, lock_dir() / f"{lock_key(adb)}.journal.json")
         self.lifecycle = Lifecycle(adb, sdk=0, timeouts=timeouts, use_u2=use_u2, relocate=relocate)
         self.leftover: list[str] = []
@@ -69,10 +71,31 @@ class Device:
     def start(self) -> Device:
         if self._lock is not None and not self._lock.held:
             self._lock.acquire()
-        self.leftover = SettingsJournal.restore_leftover(self.adb, self.journal.path) if self.journal.path else []
-        props = self.refresh()
-        self.lifecycle.remember_identity(props.get("ro.serialno"))
+        try:
+            props = self.refresh()
+            hardware = _hardware_serial(props)
+            self.lifecycle.remember_identity(hardware)
+            paths = [self.journal.path] if self.journal.path else []
+            if hardware and self._lock is not None:
+                # the same phone may be reachable as USB and IP:PORT, or through two adb servers:
+                # a second lock on the phone's own serial keeps two drivers apart across all of them
+                key = hardware_lock_key(hardware)
+                if self._hw_lock is None or not self._hw_lock.held:
+                    self._hw_lock = SerialLock(self.adb, wait=self._lock_wait, key=key).acquire()
+                self.journal.path = lock_dir() / f"{key}.journal.json"  # found again on a new port
+                paths.append(self.journal.path)
+            self.leftover = []
+            for path in dict.fromkeys(paths):
+                self.leftover += SettingsJournal.restore_leftover(self.adb, path)
+        except BaseException:
+            self._release_locks()
+            raise
         return self
+
+    def _release_locks(self) -> None:
+        for held in (self._hw_lock, self._lock):
+            if held is not None:
+                held.release()
 
     def close(self) -> list[str]:
         """Restore settings, release the lock; returns restore problems (also logged)."""
@@ -83,8 +106,7 @@ class Device:
             problems = [f"settings not restored: {exc}"]
             log.error("%s: %s", self.adb.label, problems[0])
         finally:
-            if self._lock is not None:
-                self._lock.release()
+            self._release_locks()
         return problems
 
     def __enter__(self) -> Device:
@@ -205,8 +227,9 @@ class Device:
         method, _ = self.unlock_secret(need_secret=False)
         return self._guarded(lambda: self.lifecycle.lock(method, check=check))
 
-    def unlock_secret(self, *, need_secret: bool = True) -> tuple[str, str | None]:
-        """(method, secret) from the profile's `unlock: {method, secret_env}`; the secret stays in memory."""
+    def unlock_secret(self, *, need_secret: bool = True) -> tuple[str, Secret | None]:
+        """(method, secret) from the profile's `unlock: {method, secret_env}`; the secret stays in memory,
+        wrapped so that its repr (in tracebacks, logs, exception messages) is masked."""
         unlock = getattr(self.profile, "unlock", None)
         method = getattr(unlock, "method", None) or "swipe"
         env = getattr(unlock, "secret_env", None)
@@ -214,11 +237,10 @@ class Device:
             return method, None
         if not env:
             raise DeviceError(f"unlock method {method} needs `secret_env` in the profile's unlock section")
-        secret = os.environ.get(env)
-        if not secret:
+        if not os.environ.get(env):
             raise DeviceError(f"unlock method {method}: environment variable {env} (profile unlock.secret_env) "
                               "is not set")
-        return method, secret
+        return method, Secret(os.environ[env])
 
     def recover(self, reason: str) -> RecoveryReport:
         report = self.lifecycle.recover(reason)
@@ -233,3 +255,11 @@ class Device:
         except (DeviceOffline, AdbTimeout) as exc:
             self.recover(f"{type(exc).__name__}: {exc}")
             return action()
+
+
+def _hardware_serial(props: dict[str, str]) -> str | None:
+    """`ro.serialno` when it names this phone (not empty, `unknown` or the generic dev-board value)."""
+    value = (props.get("ro.serialno") or props.get("ro.boot.serialno") or "").strip()
+    if not value or value.lower() in {"unknown", "0123456789abcdef"} or not value.isprintable():
+        return None
+    return value

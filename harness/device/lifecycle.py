@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from harness.device.adb import Adb, DeviceOffline, DeviceUnrecoverable, label, parse_devices, sh_join
+from harness.device.adb import Adb, DeviceOffline, DeviceUnrecoverable, Secret, label, parse_devices, sh_join
 from harness.errors import DeviceError
 
 log = logging.getLogger("phonehome.device")
@@ -130,7 +130,7 @@ class Ui(Protocol):
 
     def key(self, code: int) -> None: ...
 
-    def type_secret(self, secret: str) -> None: ...
+    def type_secret(self, secret: Secret) -> None: ...
 
     def pattern(self, points: Sequence[tuple[int, int]]) -> None: ...
 
@@ -158,9 +158,12 @@ class AdbUi:
     def key(self, code: int) -> None:
         self.adb.shell(["input", "keyevent", str(code)], timeout=15)
 
-    def type_secret(self, secret: str) -> None:
-        # `input text` takes %s for a space; the secret is one quoted word, hidden from logs
-        self.adb.shell(["input", "text", secret.replace(" ", "%s")], timeout=15, shown="input text <secret>")
+    def type_secret(self, secret: Secret) -> None:
+        # The script goes to the phone's sh on stdin, so the secret is in no `sh -c` command line
+        # and not in the adb service string; each key is its own `input` process (a key code, or
+        # one character for `input text` when it needs shift), so no process ever holds the secret.
+        self.adb.script_stdin(Secret(secret_script(secret)), timeout=30 + 2 * len(secret),
+                              shown="input keyevent <secret>")
 
     def pattern(self, points: Sequence[tuple[int, int]]) -> None:
         if self.sdk < 30:
@@ -170,7 +173,7 @@ class AdbUi:
         script += [sh_join(["input", "motionevent", "MOVE", str(x), str(y)]) for x, y in rest]
         x_last, y_last = points[-1]
         script.append(sh_join(["input", "motionevent", "UP", str(x_last), str(y_last)]))
-        self.adb.script("; ".join(script), timeout=30, shown="input motionevent <pattern>")
+        self.adb.script_stdin(Secret("; ".join(script)), timeout=30, shown="input motionevent <pattern>")
 
     def bounds(self, resource_id: str) -> tuple[int, int, int, int] | None:
         dump = self.adb.script("uiautomator dump /dev/tty", timeout=30).stdout
@@ -197,7 +200,7 @@ class U2Ui:
     def key(self, code: int) -> None:
         self.d.press(code)
 
-    def type_secret(self, secret: str) -> None:
+    def type_secret(self, secret: Secret) -> None:
         # key events through the u2 server: the secret never appears in a command line on the phone
         for code, meta in secret_keys(secret):
             if meta:
@@ -224,7 +227,7 @@ def _bounds_in_xml(xml: str, resource_id: str) -> tuple[int, int, int, int] | No
     return left, top, right, bottom
 
 
-def _type_and_enter(ui: Ui, secret: str) -> None:
+def _type_and_enter(ui: Ui, secret: Secret) -> None:
     ui.type_secret(secret)
     ui.key(KEYCODE_ENTER)
 
@@ -349,10 +352,10 @@ _SHIFTED = {**{c.upper(): _LETTER[c] for c in _LETTER}, "!": 8, "$": 11, "%": 12
             ")": 7, "_": 69, ":": 74, '"': 75, "?": 76, "{": 71, "}": 72, "|": 73, "~": 68, "<": 55, ">": 56}
 
 
-def secret_keys(secret: str) -> list[tuple[int, int]]:
+def secret_keys(secret: Secret | str) -> list[tuple[int, int]]:
     """Key codes (and shift meta) that type `secret`, so it never appears in a command line."""
     codes = []
-    for char in secret:
+    for char in Secret(secret).reveal():
         if char in _KEYS:
             codes.append((_KEYS[char], 0))
         elif char in _SHIFTED:
@@ -362,9 +365,23 @@ def secret_keys(secret: str) -> list[tuple[int, int]]:
     return codes
 
 
-def pattern_points(secret: str, box: tuple[int, int, int, int]) -> list[tuple[int, int]]:
+def secret_script(secret: Secret | str) -> str:
+    """Shell lines that type `secret` one key per `input` process (for the phone's sh on stdin)."""
+    lines = []
+    for (code, meta), char in zip(secret_keys(secret), Secret(secret).reveal(), strict=True):
+        if meta:  # `input keyevent` cannot hold shift: one character, as text
+            lines.append(sh_join(["input", "text", char]))
+        else:
+            lines.append(sh_join(["input", "keyevent", str(code)]))
+    return "\n".join(lines)
+
+
+def pattern_points(secret: Secret | str, box: tuple[int, int, int, int]) -> list[tuple[int, int]]:
     """Screen points of a pattern like `1-2-3-6-9` or `12369` (cells 1..9, row by row) in `box`."""
-    cells = [int(c) for c in re.sub(r"[\s,-]", "", secret)]
+    text = re.sub(r"[\s,-]", "", Secret(secret).reveal())
+    if not text.isdigit():
+        raise DeviceError("a pattern secret lists cells 1-9, e.g. 1-2-3-6-9")
+    cells = [int(c) for c in text]
     if len(cells) < 2 or any(c < 1 or c > 9 for c in cells):
         raise DeviceError("a pattern secret lists cells 1-9, e.g. 1-2-3-6-9")
     left, top, right, bottom = box
@@ -458,8 +475,13 @@ class Lifecycle:
         return self._finish("screen-off", driver, started, before, after, not after.awake,
                             "" if not after.awake else "still awake", check)
 
-    def unlock(self, method: str = "swipe", secret: str | None = None, *, check: bool = True) -> StepResult:
-        """Wake, dismiss the keyguard (swipe), enter the secret for pin/password/pattern, verify."""
+    def unlock(self, method: str = "swipe", secret: Secret | None = None, *, check: bool = True) -> StepResult:
+        """Wake, dismiss the keyguard (swipe), enter the secret for pin/password/pattern, verify.
+
+        The secret is a `Secret` (a plain str is wrapped), so tracebacks and logs show it masked.
+        """
+        if isinstance(secret, str):
+            secret = Secret(secret)
         if method not in UNLOCK_METHODS:
             raise DeviceError(f"unknown unlock method {method!r} (one of {', '.join(UNLOCK_METHODS)})")
         if method in {"pin", "password", "pattern"} and not secret:
@@ -512,7 +534,7 @@ class Lifecycle:
         size = parse_wm_size(self.adb.shell(["wm", "size"], timeout=10).stdout)
         return size or (1080, 1920)
 
-    def _draw_pattern(self, ui: Ui, secret: str) -> None:
+    def _draw_pattern(self, ui: Ui, secret: Secret) -> None:
         box = ui.bounds("com.android.systemui:id/lockPatternView")
         if box is None:
             raise DeviceError("pattern view (com.android.systemui:id/lockPatternView) not on screen")

@@ -217,6 +217,11 @@ def lock_key(adb: Adb) -> str:
     return hashlib.sha256(f"{server}/{adb.serial}".encode()).hexdigest()[:24]
 
 
+def hardware_lock_key(hardware_serial: str) -> str:
+    """The key of a phone itself (`ro.serialno`), whichever transport or adb server reaches it."""
+    return hashlib.sha256(f"hw/{hardware_serial}".encode()).hexdigest()[:24]
+
+
 class DeviceBusy(DeviceError):
     """Another process holds this phone."""
 
@@ -228,10 +233,10 @@ class SerialLock:
     at the same time.
     """
 
-    def __init__(self, adb: Adb, *, wait: float = 0.0) -> None:
+    def __init__(self, adb: Adb, *, wait: float = 0.0, key: str | None = None) -> None:
         self.adb = adb
         self.wait = wait
-        self.path = lock_dir() / f"{lock_key(adb)}.lock"
+        self.path = lock_dir() / f"{key or lock_key(adb)}.lock"
         self._fd: int | None = None
 
     def acquire(self) -> SerialLock:
