@@ -249,3 +249,24 @@ def test_demo_expectations_fail_a_gate_that_missed_the_incident() -> None:
         "nokia7plus-2019: no finding for zzhc.vnet.cn in lock"]
     assert expectations({"clean": leak, "nokia7plus-fixed": clean, "nokia7plus-2019": leak}) == [
         "clean should pass the gate, it is leak"]
+
+
+def test_a_custom_scenario_is_held_to_the_gate(netns_available: None, adb_server: dict[str, str],
+                                               tmp_path: Path) -> None:
+    """A user's own scenario: declared phases must run, and one that never asserts cannot pass a dirty phone."""
+    (tmp_path / "test_mine.py").write_text(
+        "import pytest\n\n"
+        "@pytest.mark.phonehome_phases('screen-on', 'lock')\n"
+        "def test_declares_lock_but_never_locks(recording):\n"
+        "    recording.screen_on()\n"
+        "    recording.stop()\n\n"
+        "def test_never_asserts(recording, device):\n"
+        "    device.lock()\n"
+        "    recording.screen_on()\n")
+    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", str(tmp_path / "test_mine.py"),
+                           "--device=virtual:nokia7plus-2019", f"--ph-artifacts={tmp_path / 'art'}", "--ph-dwell=1"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False)
+    out = done.stdout + done.stderr
+    assert done.returncode == 1, out[-3000:]
+    assert "declared phase(s) never ran: lock" in out
+    assert re.search(r"ERROR at teardown of test_never_asserts.*\n(.*\n)*LEAK: virtual-nokia7plus-2019", out), out[-3000:]

@@ -67,6 +67,22 @@ def write_outcome(session: DeviceSession, outcome: Outcome) -> Path:
     return _write_json(session.artifacts / f"{outcome.name}.findings.json", outcome_json(session, outcome))
 
 
+def combined_capture(session: DeviceSession) -> dict[str, Any]:
+    """The analyzer's `capture` object over every capture of one phone (its artifacts folder as path)."""
+    caps = [o.report.capture for o in session.outcomes]
+    firsts = [c.first for c in caps if c.first is not None]
+    lasts = [c.last for c in caps if c.last is not None]
+    canaries = [c.canary for c in caps if c.canary is not None]
+    return {
+        "path": str(session.artifacts), "frames": sum(c.frames for c in caps), "bytes": sum(c.bytes for c in caps),
+        "first": min(firsts) if firsts else None, "last": max(lasts) if lasts else None,
+        "truncated": any(c.truncated for c in caps),
+        "canary": {"marker_seen": all(c.marker_seen for c in canaries), "frames": []} if canaries else None,
+        "blind_windows": [w.to_json() for c in caps for w in c.blind_windows],
+        "excluded_flows": sum(c.excluded_flows for c in caps), "evicted_bytes": sum(c.evicted_bytes for c in caps),
+    }
+
+
 def device_summary(session: DeviceSession) -> dict[str, Any]:
     """The per-device findings JSON: the analyzer's schema over every recording on that phone."""
     findings = []
@@ -84,6 +100,7 @@ def device_summary(session: DeviceSession) -> dict[str, Any]:
         "device": device_json(session),
         "build": session.info.fingerprint if session.info is not None else None,
         "coverage": harvest.coverage if harvest is not None else {},
+        "capture": combined_capture(session),
         "captures": [{"scenario": o.name, "status": str(o.status), **o.report.capture.to_json(),
                       "findings_json": str(o.findings_path) if o.findings_path else None} for o in session.outcomes],
         "findings": findings,

@@ -99,6 +99,13 @@ def recording(request: pytest.FixtureRequest, device_session: DeviceSession) -> 
         rec.stop(None if passed else f"{rec.name} did not run to the end")
     for key, value in junit_properties(device_session, rec.outcome):
         request.node.user_properties.append((key, value))
+    declared = request.node.get_closest_marker("phonehome_phases")
+    ran = {mark.name for mark in rec.timeline.marks}
+    missing = [name for name in (declared.args if declared else ()) if name not in ran]
+    if passed and missing:
+        problem = f"{rec.name}: declared phase(s) never ran: {', '.join(missing)}"
+        device_session.errors.append(problem)
+        pytest.fail(f"UNVERIFIED (not proven clean; no leak was seen): {device_session.id}, {problem}", pytrace=False)
     if passed and rec.outcome is not None and rec.outcome.status is not Status.CLEAN:
         # a scenario that never asserted must not pass a phone its own capture does not prove clean
         pytest.fail(failure_message(device_session, rec.outcome), pytrace=False)
