@@ -269,4 +269,5 @@ def test_a_custom_scenario_is_held_to_the_gate(netns_available: None, adb_server
     out = done.stdout + done.stderr
     assert done.returncode == 1, out[-3000:]
     assert "declared phase(s) never ran: lock" in out
-    assert re.search(r"ERROR at teardown of test_never_asserts.*\n(.*\n)*LEAK: virtual-nokia7plus-2019", out), out[-3000:]
+    teardown = r"ERROR at teardown of test_never_asserts.*\n(.*\n)*LEAK: virtual-nokia7plus-2019"
+    assert re.search(teardown, out), out[-3000:]
