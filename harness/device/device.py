@@ -76,6 +76,8 @@ class Device:
             hardware = _hardware_serial(props)
             self.lifecycle.remember_identity(hardware)
             paths = [self.journal.path] if self.journal.path else []
+            if hardware and _loopback(self.adb.serial):
+                hardware = f"{hardware}@{self.adb.serial}"
             if hardware and self._lock is not None:
                 # the same phone may be reachable as USB and IP:PORT, or through two adb servers:
                 # a second lock on the phone's own serial keeps two drivers apart across all of them
@@ -255,6 +257,14 @@ class Device:
         except (DeviceOffline, AdbTimeout) as exc:
             self.recover(f"{type(exc).__name__}: {exc}")
             return action()
+
+
+def _loopback(serial: str) -> bool:
+    """A transport on this host's loopback (virtual phones, emulators' TCP ports): its port is part of its identity.
+
+    Two virtual phones of one profile share `ro.serialno`; they are still two phones.
+    """
+    return serial.startswith(("127.", "localhost:", "[::1]:"))
 
 
 def _hardware_serial(props: dict[str, str]) -> str | None:
