@@ -33,6 +33,7 @@ from typing import Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from harness.identifiers import IdentifierSet, Kind
+from harness.virtual import lockpattern
 from harness.virtual.services import FileStat, ShellIO
 from harness.virtual.shell import (
     SH,
@@ -659,6 +660,8 @@ class AndroidDevice:
         self.locked = True
         self.bouncer = False
         self.pin_typed = ""
+        self.keyguard_message = ""  # the bouncer's message area after a failed attempt ("Wrong pattern")
+        self.failed_unlocks = 0
         self.last_wake = 0.0
         self.last_sleep = 0.0
         self.sleep_reason = "unknown"
@@ -1012,6 +1015,7 @@ class AndroidDevice:
         self.locked = True
         self.bouncer = False
         self.pin_typed = ""
+        self.keyguard_message = ""
         self.dialogs.clear()
         self.foreground = (LAUNCHER, LAUNCHER_ACTIVITY)
         self.override_size = None
@@ -1083,6 +1087,52 @@ class AndroidDevice:
     def pin(self) -> str:
         return str(getattr(self.spec, "pin", None) or "1234")
 
+    @property
+    def pattern(self) -> str:
+        """The pattern secret as cell digits ("14789"), like `pin` read from the spec."""
+        return re.sub(r"[\s,-]", "", str(getattr(self.spec, "pattern", None) or "14789"))
+
+    @property
+    def pattern_bouncer(self) -> bool:
+        """Whether LockPatternView is on screen and takes touches."""
+        return self.screen_on and self.locked and self.bouncer and self.lock_method == "pattern"
+
+    def pattern_view_bounds(self) -> tuple[int, int, int, int]:
+        return lockpattern.view_bounds(*self.size)
+
+    async def draw_pattern(self, points: list[tuple[float, float]]) -> None:
+        """One touch gesture on the pattern bouncer (its DOWN and MOVE points), checked on UP the way
+        KeyguardPatternViewController does: too short is wrong but not counted, else it must match."""
+        if not self.pattern_bouncer:
+            return
+        cells = lockpattern.cells_drawn(self.pattern_view_bounds(), points)
+        if not cells:
+            return  # the finger never touched a dot: LockPatternView reports nothing
+        if "".join(map(str, cells)) == self.pattern:
+            self.failed_unlocks = 0
+            await self.unlock()
+            return
+        if len(cells) >= lockpattern.MIN_PATTERN_REGISTER_FAIL:
+            self.failed_unlocks += 1
+            self.log("W", "KeyguardUpdateMonitor", f"Wrong pattern entered (failed attempts: {self.failed_unlocks})",
+                     pid=1567)
+        self.keyguard_message = "Wrong pattern"
+        self.ui_changed()
+
+    async def gesture(self, points: list[tuple[float, float]], up: tuple[float, float]) -> None:
+        """A finished touch gesture (DOWN and MOVE points, then UP at `up`): the pattern bouncer reads
+        every point; elsewhere it is a tap or a swipe from DOWN to UP."""
+        if not points:
+            return
+        if self.pattern_bouncer:
+            await self.draw_pattern(points)
+            return
+        (x0, y0), (x, y) = points[0], up
+        if abs(x - x0) + abs(y - y0) < 40:
+            await self.tap(x, y)
+        else:
+            await self.swipe(x0, y0, x, y)
+
     async def wake(self, reason: str = "android.policy:POWER") -> None:
         if self.screen_on or not self.boot_completed:
             return
@@ -1101,6 +1151,7 @@ class AndroidDevice:
         self.last_sleep = self.uptime()
         self.sleep_reason = reason
         self.bouncer = False
+        self.keyguard_message = ""
         self.log("I", "PowerManagerService", f"Going to sleep due to {reason} (uid 1000)...", pid=1024,
                  buffer="system")
         was_locked = self.locked
@@ -1118,6 +1169,7 @@ class AndroidDevice:
         self.locked = False
         self.bouncer = False
         self.pin_typed = ""
+        self.keyguard_message = ""
         self.log("D", "KeyguardViewMediator", "handleHide", pid=1567)
         await self.event("unlock")
 
@@ -1134,7 +1186,7 @@ class AndroidDevice:
             await self.unlock()
 
     async def type_text(self, text: str) -> None:
-        if self.bouncer:
+        if self.bouncer and self.lock_method != "pattern":
             self.pin_typed += text
             self.ui_changed()
 
@@ -1159,12 +1211,13 @@ class AndroidDevice:
             await self.type_text(str(code - 7))
         elif self.bouncer and code == 67:
             self.pin_typed = self.pin_typed[:-1]
-        elif self.bouncer and code == 66:
+        elif self.bouncer and code == 66 and self.lock_method != "pattern":
             await self.submit_pin()
         elif code == 4:
             if self.bouncer:
                 self.bouncer = False
                 self.pin_typed = ""
+                self.keyguard_message = ""
                 self.ui_changed()
             elif self.dialogs and not self.locked:
                 dialog = self.dialogs.pop()
@@ -1244,6 +1297,9 @@ class AndroidDevice:
         frame = View("android.widget.FrameLayout", SYSTEMUI, (0, 0, width, height),
                      resource_id=f"{SYSTEMUI}:id/notification_panel")
         root.children.append(frame)
+        if self.bouncer and self.lock_method == "pattern":
+            frame.children.append(self._pattern_bouncer(width, height))
+            return root
         if self.bouncer:
             pad = View("android.widget.LinearLayout", SYSTEMUI, (0, height // 3, width, height),
                        resource_id=f"{SYSTEMUI}:id/keyguard_pin_view", color=(30, 30, 34))
@@ -1283,6 +1339,24 @@ class AndroidDevice:
         frame.children.append(View("android.widget.TextView", SYSTEMUI, (0, height - 260, width, height - 180),
                                    text="Swipe up to unlock", resource_id=f"{SYSTEMUI}:id/keyguard_indication_text"))
         return root
+
+    def _pattern_bouncer(self, width: int, height: int) -> View:
+        """KeyguardPatternView: message area, LockPatternView (3x3 dots), emergency button."""
+        left, top, right, bottom = self.pattern_view_bounds()
+        container = View("android.widget.LinearLayout", SYSTEMUI, (0, height * 3 // 10, width, height),
+                         resource_id=f"{SYSTEMUI}:id/keyguard_pattern_view", color=(30, 30, 34))
+        container.children.append(View("android.widget.TextView", SYSTEMUI,
+                                       (0, height * 3 // 10 + 60, width, height * 3 // 10 + 180),
+                                       text=self.keyguard_message or "Draw your pattern",
+                                       resource_id=f"{SYSTEMUI}:id/keyguard_message_area"))
+        container.children.append(View("android.view.View", SYSTEMUI, (left, top, right, bottom),
+                                       desc="Pattern area", resource_id=f"{SYSTEMUI}:id/lockPatternView",
+                                       focusable=True, color=(44, 44, 52)))
+        container.children.append(View("android.widget.Button", SYSTEMUI,
+                                       (width // 3, height - 200, width * 2 // 3, height - 80),
+                                       text="Emergency", resource_id=f"{SYSTEMUI}:id/emergency_call_button",
+                                       clickable=True))
+        return container
 
     def _home(self, width: int, height: int) -> View:
         root = View("android.widget.FrameLayout", LAUNCHER, (0, 0, width, height), color=(20, 90, 110))
@@ -2007,13 +2081,9 @@ class AndroidDevice:
                 elif action == "MOVE":
                     self._motion.append((x, y))
                 elif action in ("UP", "CANCEL") and self._motion:
-                    x0, y0 = self._motion[0]
-                    self._motion = []
+                    points, self._motion = self._motion, []
                     if action == "UP":
-                        if abs(x - x0) + abs(y - y0) < 40:
-                            await self.tap(x, y)
-                        else:
-                            await self.swipe(x0, y0, x, y)
+                        await self.gesture(points, (x, y))
                 return 0
         except ValueError as exc:
             await p.err(f"Error: {exc}\n")

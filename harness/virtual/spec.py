@@ -52,6 +52,7 @@ from typing import Any
 from harness.config import Node, parse_yaml
 from harness.errors import ConfigError
 from harness.identifiers import IdentifierSet, Kind
+from harness.virtual.lockpattern import check_pattern
 
 # Faults a profile (or `--fault`) can switch on; the device model and phone act on them.
 FAULTS = frozenset({
@@ -64,7 +65,7 @@ TRIGGERS = ("power-up", "screen-on", "unlock", "idle", "lock", "connectivity-cha
 TRANSPORTS = ("http", "https", "udp", "tcp", "dns", "coap", "ntp")
 DEFAULT_PORTS = {"http": 80, "https": 443, "dns": 53, "coap": 5683, "ntp": 123}
 NETWORKS = ("default", "cellular")
-LOCKS = ("none", "swipe", "pin")
+LOCKS = ("none", "swipe", "pin", "pattern")
 
 ENCODERS: dict[str, Callable[[bytes], bytes]] = {
     "plain": lambda b: b,
@@ -291,6 +292,7 @@ class VirtualSpec:
     faults: set[str] = field(default_factory=set)
     lock: str = "swipe"
     pin: str | None = None
+    pattern: str | None = None  # cells 1-9 of the 3x3 grid, row by row, in drawing order ("14789")
     timezone: str = "UTC"
     clock_offset: float = 0.0
     zone: dict[str, str] = field(default_factory=dict)  # name (or *.suffix) -> IPv4, added to the simulated DNS
@@ -326,7 +328,7 @@ class VirtualSpec:
 
 _VIRTUAL_KEYS = {"model", "manufacturer", "android", "sdk", "build_type", "fingerprint", "boot_seconds",
                  "identifiers", "sim", "packages", "pcapdroid", "private_dns", "mobile_data", "clients",
-                 "faults", "lock", "pin", "timezone", "clock_offset", "zone"}
+                 "faults", "lock", "pin", "pattern", "timezone", "clock_offset", "zone"}
 _CLIENT_KEYS = {"name", "package", "triggers", "transport", "host", "address", "port", "network", "method",
                 "path", "headers", "body", "encode", "query", "content_format", "stop_when_registered",
                 "success", "log_tag"}
@@ -371,6 +373,16 @@ def parse_virtual(node: Node, name: str) -> VirtualSpec:
         spec.pin = pin
     if spec.lock == "pin" and spec.pin is None:
         raise node.require("lock").error("lock: pin needs `pin:`")
+    pattern_node = children.get("pattern")
+    if pattern_node is not None and pattern_node.value is not None:
+        if isinstance(pattern_node.value, bool):
+            raise pattern_node.error("expected a pattern: cells 1-9 in drawing order, e.g. \"1-4-7-8-9\"")
+        try:
+            spec.pattern = check_pattern(str(pattern_node.value))
+        except ValueError as exc:
+            raise pattern_node.error(str(exc)) from None
+    if spec.lock == "pattern" and spec.pattern is None:
+        raise node.require("lock").error("lock: pattern needs `pattern:`")
     spec.timezone = node.str("timezone", spec.timezone)
     spec.clock_offset = node.number("clock_offset", 0.0)
     if "zone" in children:

@@ -21,6 +21,7 @@ import zipfile
 from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import quoteattr
 
+from harness.virtual import lockpattern
 from harness.virtual.shell import Proc
 
 if TYPE_CHECKING:
@@ -241,7 +242,7 @@ class U2Server:
         self.stopped = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
-        self._touch_down: tuple[float, float] | None = None
+        self._touch: list[tuple[float, float]] = []  # the injected gesture in progress (DOWN, MOVEs)
 
     async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """A fresh connection to the server, as a TCP connect to localhost:PORT on the phone would be."""
@@ -347,21 +348,23 @@ class U2Server:
         if method in ("swipe", "drag") and len(args) >= 4:
             await device.swipe(*(float(v) for v in args[:4]))
             return True
-        if method == "swipePoints" and args and len(args[0]) >= 4:
-            points = [float(v) for v in args[0]]
-            await device.swipe(points[0], points[1], points[-2], points[-1])
+        if method == "swipePoints" and args and len(args[0]) >= 2:
+            # UiDevice.swipe(Point[] segments, int segmentSteps): DOWN, `steps - 1` MOVEs per segment, UP
+            flat = [float(v) for v in args[0]]
+            points = list(zip(flat[0::2], flat[1::2], strict=False))
+            steps = int(args[1]) if len(args) > 1 and args[1] else 1
+            await device.gesture(lockpattern.interpolate(points, steps), points[-1])
             return True
         if method == "injectInputEvent" and len(args) >= 3:
             action, x, y = int(args[0]), float(args[1]), float(args[2])
-            if action == 0:
-                self._touch_down = (x, y)
-            elif action == 1 and self._touch_down is not None:
-                x0, y0 = self._touch_down
-                self._touch_down = None
-                if abs(x - x0) + abs(y - y0) < 40:
-                    await device.tap(x, y)
-                else:
-                    await device.swipe(x0, y0, x, y)
+            if action == 0:  # MotionEvent.ACTION_DOWN
+                self._touch = [(x, y)]
+            elif action == 2 and self._touch:  # ACTION_MOVE
+                self._touch.append((x, y))
+            elif action in (1, 3) and self._touch:  # ACTION_UP, ACTION_CANCEL
+                points, self._touch = self._touch, []
+                if action == 1:
+                    await device.gesture(points, (x, y))
             return True
         if method in ("objInfo", "exist", "waitForExists", "waitUntilGone", "count", "objInfoOfAllInstances",
                       "getText", "setText", "clearTextField", "click", "longClick"):
