@@ -108,3 +108,16 @@ def test_a_phone_not_attached_is_unverified_and_named_masked(pytester: pytest.Py
     output = result.stdout.str() + result.stderr.str()
     assert "R58M123456" not in output and "R58M999456" not in output
     assert sorted(p.name[:13] for p in (pytester.path / "art").iterdir()) == ["serial...456-"] * 2  # no collision
+
+
+def test_every_option_is_also_a_fixture(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("""
+        def test_fixtures(phonehome_devices, phonehome_profile, phonehome_capture, phonehome_cycles,
+                          phonehome_dwell, phonehome_boot_timeout, phonehome_artifacts, phonehome_baseline):
+            print("FIX", phonehome_devices, phonehome_profile, phonehome_capture, phonehome_cycles,
+                  phonehome_dwell, phonehome_boot_timeout, phonehome_artifacts.name, phonehome_baseline)
+    """)
+    result = pytester.runpytest("-s", "--device", "virtual:clean", "--ph-profile", "clean", "--ph-cycles", "2",
+                                "--ph-dwell", "0.5", "--ph-artifacts", "out")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*FIX ('virtual:clean',) clean None 2 0.5 300 out None*"])

@@ -10,7 +10,15 @@ from harness.plugin.fixtures import (
     findings,
     identifiers,
     phase,
+    phonehome_artifacts,
+    phonehome_baseline,
+    phonehome_boot_timeout,
+    phonehome_capture,
+    phonehome_cycles,
+    phonehome_devices,
+    phonehome_dwell,
     phonehome_options,
+    phonehome_profile,
     policy,
     recording,
 )
@@ -27,7 +35,10 @@ from harness.plugin.hooks import (
 from harness.plugin.state import OPTIONS_KEY
 
 __all__ = [
-    "OPTIONS_KEY", "device", "device_session", "findings", "identifiers", "phase", "phonehome_options", "policy",
+    "OPTIONS_KEY", "device", "device_session", "findings", "identifiers", "phase", "phonehome_artifacts",
+    "phonehome_baseline", "phonehome_boot_timeout", "phonehome_capture", "phonehome_cycles", "phonehome_devices",
+    "phonehome_dwell",
+    "phonehome_options", "phonehome_profile", "policy",
     "pytest_addoption", "pytest_collection_modifyitems", "pytest_configure", "pytest_generate_tests",
     "pytest_runtest_makereport", "pytest_sessionfinish", "pytest_terminal_summary",
     "pytest_xdist_make_scheduler", "recording",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import allure
@@ -34,6 +35,54 @@ from harness.profile import Profile
 def phonehome_options(pytestconfig: pytest.Config) -> GateOptions:
     """The parsed `--device` / `--ph-*` options (and their `phonehome_*` ini keys)."""
     return pytestconfig.stash[OPTIONS_KEY]
+
+
+@pytest.fixture(scope="session")
+def phonehome_devices(phonehome_options: GateOptions) -> tuple[str, ...]:
+    """`--device` / `phonehome_device`: the phones named on the command line (may be empty)."""
+    return phonehome_options.devices
+
+
+@pytest.fixture(scope="session")
+def phonehome_profile(phonehome_options: GateOptions) -> str | None:
+    """`--ph-profile` / `phonehome_profile`."""
+    return phonehome_options.profile
+
+
+@pytest.fixture(scope="session")
+def phonehome_capture(phonehome_options: GateOptions) -> str | None:
+    """`--ph-capture` / `phonehome_capture` (None: the profile's backend)."""
+    return phonehome_options.capture
+
+
+@pytest.fixture(scope="session")
+def phonehome_cycles(phonehome_options: GateOptions) -> int:
+    """`--ph-cycles` / `phonehome_cycles`."""
+    return phonehome_options.cycles
+
+
+@pytest.fixture(scope="session")
+def phonehome_dwell(phonehome_options: GateOptions) -> float | None:
+    """`--ph-dwell` / `phonehome_dwell` (None: the profile's dwell per phase)."""
+    return phonehome_options.dwell
+
+
+@pytest.fixture(scope="session")
+def phonehome_boot_timeout(phonehome_options: GateOptions) -> float:
+    """`--ph-boot-timeout` / `phonehome_boot_timeout`."""
+    return phonehome_options.boot_timeout
+
+
+@pytest.fixture(scope="session")
+def phonehome_artifacts(phonehome_options: GateOptions) -> Path:
+    """`--ph-artifacts` / `phonehome_artifacts`."""
+    return phonehome_options.artifacts
+
+
+@pytest.fixture(scope="session")
+def phonehome_baseline(phonehome_options: GateOptions) -> Path | None:
+    """`--ph-baseline` / `phonehome_baseline`."""
+    return phonehome_options.baseline
 
 
 @pytest.fixture
