@@ -271,3 +271,14 @@ def test_a_custom_scenario_is_held_to_the_gate(netns_available: None, adb_server
     assert "declared phase(s) never ran: lock" in out
     teardown = r"ERROR at teardown of test_never_asserts.*\n(.*\n)*LEAK: virtual-nokia7plus-2019"
     assert re.search(teardown, out), out[-3000:]
+
+
+def test_phone_clock_segments_move_packets_to_host_time() -> None:
+    from harness.gate.timeline import to_host
+
+    segments = [(100.0, 5.0), (200.0, 50.0)]  # the phone's clock jumped 45 s across a reboot at host 200
+    assert to_host(106.0, segments) == 101.0
+    assert to_host(240.0, segments) == 235.0  # before the reboot: the old offset
+    assert to_host(260.0, segments) == 210.0  # after it: the new one
+    assert to_host(7.0, [(0.0, 0.0), (100.0, 3.0)]) == 7.0
+    assert to_host(1000.0, []) == 1000.0

@@ -89,6 +89,7 @@ class Recording:
         self.outcome: Outcome | None = None
         self.backend = ""
         self.aborted = False
+        self.start_offset: float | None = None  # phone clock minus host clock when the capture started
         profile = session.profile
         self.settle = profile.settle if profile is not None else DEFAULT_SETTLE
         self.dwell = dict(profile.dwell) if profile is not None else dict(DEFAULT_DWELL)
@@ -122,6 +123,8 @@ class Recording:
         capture = build(choice, self.path, adb=self.device.adb, network=network)
         capture.start()
         self.capture = capture
+        if choice.backend in ("device", "pcapdroid"):  # packets stamped by the phone's clock
+            self.start_offset = self.device.clock_offset()[0]
         self._preconditions()
         return self
 
@@ -198,8 +201,7 @@ class Recording:
         except PhonehomeError as exc:
             report = _unverified(str(result.path), [f"capture unreadable: {exc}"])
         report.findings += self.extra_findings
-        offset = self._clock_offset(result)
-        self.timeline.attribute(report.findings, offset)
+        self.timeline.attribute(report.findings, self._clock_offsets(result))
         report.reasons += self.reasons
         report.notes += self.notes + result.notes
         if report.findings:
@@ -212,15 +214,15 @@ class Recording:
         outcome.findings_path = write_outcome(session, outcome)
         return outcome
 
-    def _clock_offset(self, result: CaptureResult) -> float:
-        """A phone-side capture stamps packets with the phone's clock: move them to host time."""
+    def _clock_offsets(self, result: CaptureResult) -> list[tuple[float, float]]:
+        """A phone-side capture stamps packets with the phone's clock: (since, offset) per boot segment."""
         if result.backend not in ("device", "pcapdroid"):
-            return 0.0
-        offsets = [b.clock_offset for b in self.boots if b.clock_offset is not None]
-        if offsets:
-            return offsets[-1]
-        measured, _ = self.device.clock_offset()
-        return measured or 0.0
+            return []
+        segments = [(b.issued, b.clock_offset) for b in self.boots if b.clock_offset is not None]
+        if not self.boots or self.start_offset is not None:
+            start = self.start_offset if self.start_offset is not None else self.device.clock_offset()[0]
+            segments.insert(0, (result.started or 0.0, start or 0.0))
+        return segments
 
     # --- phases ------------------------------------------------------------------------------
     @contextmanager

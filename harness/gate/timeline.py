@@ -8,7 +8,7 @@ so traffic an action triggers late still belongs to it. Capture timestamps from 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -61,12 +61,27 @@ class Timeline:
                 break
         return found
 
-    def attribute(self, findings: Iterable[Finding], clock_offset: float = 0.0) -> None:
-        """Set `phase` and `cycle` of every finding with a time; `clock_offset` is capture clock minus host."""
+    def attribute(self, findings: Iterable[Finding], offsets: Sequence[tuple[float, float]] = ()) -> None:
+        """Set `phase` and `cycle` of every finding with a time.
+
+        `offsets` are (host time from which it holds, capture clock minus host clock), oldest first:
+        a phone's clock is measured again after every boot, and may have jumped (NTP) in between.
+        """
         for finding in findings:
-            mark = self.locate(None if finding.time is None else finding.time - clock_offset)
+            mark = self.locate(None if finding.time is None else to_host(finding.time, offsets))
             if mark is not None:
                 finding.phase, finding.cycle = mark.name, mark.cycle
 
     def to_json(self) -> list[dict[str, object]]:
         return [mark.to_json() for mark in self.marks]
+
+
+def to_host(capture_time: float, offsets: Sequence[tuple[float, float]]) -> float:
+    """A capture timestamp in host time: the offset of the latest segment the packet falls in."""
+    if not offsets:
+        return capture_time
+    host = capture_time - offsets[0][1]
+    for since, offset in offsets[1:]:
+        if capture_time - offset >= since:
+            host = capture_time - offset
+    return host
