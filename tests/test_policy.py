@@ -344,3 +344,40 @@ def test_lookup_and_flow_to_catalog_host_with_the_phone_never_named(tmp_path: Pa
     report = _analyze(tmp_path, sample.dns_exchange("zzhc.vnet.cn", sample.ZZHC_IP, 36600, clock))
     (finding,) = _contacts(report)
     assert (finding.src, finding.dst, finding.dport, finding.proto) == (PHONE, sample.RESOLVER_IP, 53, "udp")
+
+
+# entries past the three Chinese self-registration services: (id, host, a documentation-range
+# answer address, port, package)
+MORE_CLIENTS = [
+    ("china-mobile-omadm", "dm.monternet.com", "203.0.113.70", 7001, "com.zte.zdm"),
+    ("sprint-omadm", "oma.ssprov.sprint.com", "198.51.100.80", 80, None),  # its packages ship everywhere
+]
+
+
+@pytest.mark.parametrize(("client_id", "host", "answer", "port", "package"), MORE_CLIENTS)
+def test_more_clients_flagged_abroad_and_approved_at_home(tmp_path: Path, client_id: str, host: str, answer: str,
+                                                          port: int, package: str | None) -> None:
+    client = load_catalog().get(client_id)
+    assert client is not None and client.matches_host(host) and client.port_known("tcp", port) and client.sources
+    assert package in client.packages if package else not client.packages
+    home = "US" if client.country != "US" else "NO"
+    foreign, own = tmp_path / "foreign.yaml", tmp_path / "own.yaml"
+    foreign.write_text(f'market: "{home}"\n')
+    own.write_text(f'market: "{client.country}"\napproved:\n  - catalog: {client_id}\n')
+    clock = [sample.START]
+    packets = sample.dns_exchange(host, answer, 36700, clock)
+    packets += raw_tcp(answer, port, f"POST / HTTP/1.1\r\nHost: {host}\r\n\r\n".encode(), clock)
+    abroad = _analyze(tmp_path, packets, profile=load_profile(foreign))
+    assert {f.detail["contact"] for f in _contacts(abroad)} == {"attempted", "connection"}
+    assert all(f.detail["catalog"] == client_id and f.host == host for f in _contacts(abroad))
+    assert _contacts(_analyze(tmp_path, packets, profile=load_profile(own))) == []
+    if package:
+        installed = {package: "1", "com.android.settings": "14"}
+        assert [f.detail["catalog"] for f in audit_packages(installed, load_profile(foreign))] == [client_id]
+        assert audit_packages(installed, load_profile(own)) == []
+
+
+def test_china_mobile_lab_dm_address_is_a_contact(tmp_path: Path) -> None:
+    clock = [sample.START]
+    (finding,) = _contacts(_analyze(tmp_path, raw_tcp("218.206.176.97", 7001, b"POST / HTTP/1.1\r\n\r\n", clock)))
+    assert (finding.detail["catalog"], finding.detail["matched_by"]) == ("china-mobile-omadm", "address")
