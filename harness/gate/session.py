@@ -80,6 +80,10 @@ class DeviceSession:
         self.opened_at = time.time()
         self.artifacts.mkdir(parents=True, exist_ok=True)
         self.profile = self._load_profile()
+        from harness.capture import choose
+
+        # no capture backend for this phone is a setup mistake: say it before touching the phone
+        choose(self.options.capture, self.profile, virtual=self.spec.startswith(VIRTUAL))
         serial, relocate = self.spec, None
         if self.spec.startswith(VIRTUAL):
             serial, relocate = self._start_virtual(), (lambda: self.virtual.serial)
