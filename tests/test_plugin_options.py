@@ -101,7 +101,7 @@ def test_a_phone_not_attached_is_unverified_and_named_masked(pytester: pytest.Py
                                                              empty_adb_server: dict[str, str]) -> None:
     pytester.makepyfile(GATE_TEST.format(phases='"lock"'))
     result = pytester.runpytest_subprocess("--device", "R58M123456", "--device", "R58M999456",
-                                           f"--ph-artifacts={pytester.path / 'art'}")
+                                           "--ph-capture=gateway:eth9", f"--ph-artifacts={pytester.path / 'art'}")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(["*test_gate[[]serial...456-*[]]*", "*UNVERIFIED (not proven clean; no leak was "
                                  "seen): serial...456-*: the phone could not be opened: device serial …456 not found*"])
