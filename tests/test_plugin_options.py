@@ -121,3 +121,11 @@ def test_every_option_is_also_a_fixture(pytester: pytest.Pytester) -> None:
                                 "--ph-dwell", "0.5", "--ph-artifacts", "out")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*FIX ('virtual:clean',) clean None 2 0.5 300 out None*"])
+
+
+def test_a_real_phone_without_a_capture_backend_is_unverified_before_it_is_touched(
+        pytester: pytest.Pytester, empty_adb_server: dict[str, str]) -> None:
+    pytester.makepyfile(GATE_TEST.format(phases='"lock"'))
+    result = pytester.runpytest_subprocess("--device", "R58M123456", f"--ph-artifacts={pytester.path / 'art'}")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*UNVERIFIED*serial...456: the phone could not be opened: no capture backend chosen*"])
