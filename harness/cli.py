@@ -76,8 +76,16 @@ def internal_error(exc: BaseException) -> int:
     return INTERNAL_ERROR
 
 
+def check_environment() -> None:
+    """Variables adb and adbutils read: a bad one is the user's one line, not adbutils' crash."""
+    port = os.environ.get("ANDROID_ADB_SERVER_PORT")
+    if port is not None and not (port.isdigit() and 0 < int(port) < 65536):
+        raise PhonehomeError(f"ANDROID_ADB_SERVER_PORT={port!r}: expected a port number, 1 to 65535")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
+        check_environment()
         parser = build_parser()
         args = parser.parse_args(argv)
         if args.command is None:

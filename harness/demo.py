@@ -92,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
     if args.workers < 0:
         raise PhonehomeError(f"--workers {args.workers}: expected 0 or more")
     artifacts = (args.artifacts or Path(tempfile.mkdtemp(prefix="phonehome-demo-"))).resolve()
+    if artifacts.exists() and not artifacts.is_dir():
+        raise PhonehomeError(f"--artifacts {artifacts}: exists and is not a directory")
     artifacts.mkdir(parents=True, exist_ok=True)
     port = _free_port()
     env = {**os.environ, "ANDROID_ADB_SERVER_PORT": str(port), "ADBUTILS_ADB_PATH": _adb_path()}

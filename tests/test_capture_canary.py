@@ -53,7 +53,7 @@ def test_dns_canary_seen_makes_the_capture_verifiable(lab: NetLab, tmp_path: Pat
     assert canary.method == "dns" and canary.target == f"{canary.marker}.{CANARY_DOMAIN}"
     assert canary.private_dns == "unknown"  # no `settings` here: recorded as unknown, not guessed
     assert result.canaries[0]["marker"] == canary.marker
-    report = analyze(result.path, None, canary=canary.marker, exclude=result.exclude,
+    report = analyze(result.path, None, guess=True, canary=canary.marker, exclude=result.exclude,
                      blind_windows=result.blind_windows)
     assert report.capture.canary is not None and report.capture.canary.marker_seen
     assert report.status is Status.CLEAN, report.reasons

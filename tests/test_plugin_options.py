@@ -123,9 +123,16 @@ def test_every_option_is_also_a_fixture(pytester: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(["*FIX ('virtual:clean',) clean None 2 0.5 300 out None*"])
 
 
-def test_a_real_phone_without_a_capture_backend_is_unverified_before_it_is_touched(
-        pytester: pytest.Pytester, empty_adb_server: dict[str, str]) -> None:
+@pytest.mark.parametrize(("args", "message"), [
+    (["--device", "R58M123456"], "*no capture backend chosen*"),
+    (["--device", "10.0.0.7:5555", "--ph-profile", "nokia7plus-2019"], "*gateway capture: which interface*"),
+    (["--device", "virtual:nosuch"], "*nosuch: no profile of that name*"),
+    (["--device", "127.0.0.1:99999"], "*port 99999 is not 1 to 65535*"),
+])
+def test_setup_a_phone_cannot_work_with_is_a_usage_error_before_it_is_touched(
+        pytester: pytest.Pytester, args: list[str], message: str) -> None:
     pytester.makepyfile(GATE_TEST.format(phases='"lock"'))
-    result = pytester.runpytest_subprocess("--device", "R58M123456", f"--ph-artifacts={pytester.path / 'art'}")
-    assert result.ret == pytest.ExitCode.TESTS_FAILED
-    result.stdout.fnmatch_lines(["*UNVERIFIED*serial...456: the phone could not be opened: no capture backend chosen*"])
+    result = pytester.runpytest_subprocess(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([message])
+    assert "Traceback" not in result.stderr.str() and "R58M123456" not in result.stderr.str()

@@ -297,6 +297,9 @@ def analyze(capture: Path | str, identifiers: IdentifierSet | None = None, *, gu
     if collector.undecoded:
         notes.append(f"{collector.undecoded} encoded runs were not decoded: the per-unit decode budget ran out")
     reasons = _reasons(summary, canary, ids, profile)
+    if not guess and (ids is None or not any(ids.known(kind) for kind in Kind)):
+        reasons.append("no identifier to look for (none given, none in the profile, no --guess): "
+                       "no plaintext leak could have been found")
     status = Status.LEAK if findings else Status.UNVERIFIED if reasons else Status.CLEAN
     guesses = [(str(p.hit.kind), p.hit.value) for p in collector.plain.values() if p.hit.guess]
     redactor = Redactor(ids, guesses)

@@ -31,7 +31,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _servers(values: list[str]) -> list[DeviceSpec]:
     if not values:
         return [DeviceSpec("-")]
-    return [parse_spec(f"-@{value}") for value in values]
+    servers = []
+    for value in values:
+        try:
+            servers.append(parse_spec(f"-@{value}"))
+        except DeviceError:
+            raise DeviceError(f"--adb-server {value!r}: expected HOST:PORT (port 1 to 65535)") from None
+    return servers
 
 
 def collect(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -56,6 +62,8 @@ def collect(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.timeout > 0:
+        raise DeviceError(f"--timeout {args.timeout:g}: expected a number of seconds above 0")
     rows = collect(args)
     if args.json:
         for row in rows:

@@ -44,6 +44,9 @@ def _summaries(paths: list[Path]) -> list[dict[str, Any]]:
             raise ConfigError(file, exc.lineno, None, f"not JSON ({exc.msg})") from None
         if not isinstance(data, dict) or data.get("version") != 1 or "destinations" not in data:
             raise ConfigError(file, None, "destinations", "not a gate run's findings.json (no destinations)")
+        if "captures" not in data:
+            raise ConfigError(file, None, "captures", "one scenario's findings: give the phone's findings.json "
+                              "(every scenario of the run), or the --ph-artifacts directory")
         if data.get("status") != "clean":
             raise ConfigError(file, None, "status", f"the run is {data.get('status')}: a baseline comes from a "
                               "clean run only")
@@ -53,7 +56,7 @@ def _summaries(paths: list[Path]) -> list[dict[str, Any]]:
 
 def run(args: argparse.Namespace) -> int:
     if getattr(args, "baseline_action", None) != "write":
-        raise PhonehomeError("phonehome baseline: choose an action: write RUN... -o BASELINE.json")
+        raise PhonehomeError("baseline: choose an action: write RUN... -o BASELINE.json")
     baseline = build_baseline(_summaries(args.runs))
     text = json.dumps(baseline, indent=2) + "\n"
     try:

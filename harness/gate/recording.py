@@ -135,17 +135,21 @@ class Recording:
         What was captured until then is analysed first, so a leak before the failure is a leak;
         otherwise the scenario is unverified, naming what could not be done and why.
         """
+        problem = None
         try:
             yield
         except PhonehomeError as exc:
+            problem = f"{what} could not be completed: {exc}"
+        if problem is None:
+            return
+        # failed outside the `except` block, so the report shows no chained exception
+        if self.capture is not None and self.outcome is None:
             from harness.gate.evidence import failure_message
 
-            problem = f"{what} could not be completed: {exc}"
-            if self.capture is not None and self.outcome is None:
-                pytest.fail(failure_message(self.session, self.stop(problem)), pytrace=False)
-            self.session.errors.append(f"{self.name}: {problem}")
-            pytest.fail(f"UNVERIFIED (not proven clean; no leak was seen): {self.session.id}, scenario {self.name}: "
-                        f"{problem}", pytrace=False)
+            pytest.fail(failure_message(self.session, self.stop(problem)), pytrace=False)
+        self.session.errors.append(f"{self.name}: {problem}")
+        pytest.fail(f"UNVERIFIED (not proven clean; no leak was seen): {self.session.id}, scenario {self.name}: "
+                    f"{problem}", pytrace=False)
 
     def stop(self, problem: str | None = None) -> Outcome:
         """Send the canary, stop the capture, analyse it; `problem` makes a clean result unverified."""
@@ -249,6 +253,7 @@ class Recording:
         """Reset to first-registration state, reboot, wait boot_completed, then `settle` seconds."""
         with self.failing_closed("the reset before power-up"):
             self.device.reset()
+        with self.failing_closed("starting the capture"):
             self.start()
         assert self.capture is not None
         self.capture.before_reboot()

@@ -41,6 +41,17 @@ def slug(text: str) -> str:
 _MDNS = re.compile(r"adb-(?P<serial>[^-]+)-\w+\._adb-tls-connect\._tcp\.?(?P<rest>@.*)?")
 
 
+def check_capture(option: str | None, profile: Profile | None, *, virtual: bool) -> None:
+    """A capture this phone can have, or one line saying what to give (before any phone is touched)."""
+    from harness.capture import CaptureSpecError, choose
+
+    choice = choose(option, profile, virtual=virtual)
+    if choice.backend == "gateway" and "interface" not in choice.settings and not virtual:
+        raise CaptureSpecError("gateway capture: which interface does the phone's traffic cross? Give "
+                               "--ph-capture gateway:IFACE[@NETNS] or the profile's capture.interface "
+                               "(`phonehome virtual start` prints the one for its phone)")
+
+
 def device_id(spec: str, model: str | None = None) -> str:
     """The readable id of a `--device` value in test ids and artifact paths: model + masked serial."""
     if spec.startswith(VIRTUAL):
@@ -80,10 +91,8 @@ class DeviceSession:
         self.opened_at = time.time()
         self.artifacts.mkdir(parents=True, exist_ok=True)
         self.profile = self._load_profile()
-        from harness.capture import choose
-
         # no capture backend for this phone is a setup mistake: say it before touching the phone
-        choose(self.options.capture, self.profile, virtual=self.spec.startswith(VIRTUAL))
+        check_capture(self.options.capture, self.profile, virtual=self.spec.startswith(VIRTUAL))
         serial, relocate = self.spec, None
         if self.spec.startswith(VIRTUAL):
             serial, relocate = self._start_virtual(), (lambda: self.virtual.serial)

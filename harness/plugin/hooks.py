@@ -67,16 +67,28 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
 
 def _check_files(options: GateOptions) -> None:
-    """A bad profile or baseline is a usage error naming file, line and field, before any phone is touched."""
+    """Bad setup is a usage error before any phone is touched: a profile or baseline (file, line and
+    field), a virtual phone with no such profile, a baseline of another SKU, a phone with no capture."""
     from harness.errors import PhonehomeError
     from harness.gate.baseline import load_baseline
+    from harness.gate.session import VIRTUAL, check_capture
     from harness.profile import load_profile
 
     try:
-        if options.profile is not None:
-            load_profile(options.profile)
+        profile = load_profile(options.profile) if options.profile is not None else None
+        for spec in options.devices:
+            virtual = spec.startswith(VIRTUAL)
+            if virtual and profile is None:
+                load_profile(spec[len(VIRTUAL):])
+            check_capture(options.capture, profile if profile is not None or not virtual
+                          else load_profile(spec[len(VIRTUAL):]), virtual=virtual)
         if options.baseline is not None:
-            load_baseline(options.baseline)
+            header, _ = load_baseline(options.baseline)
+            names = {profile.name} if profile is not None else \
+                {spec[len(VIRTUAL):] for spec in options.devices if spec.startswith(VIRTUAL)}
+            if header.get("profile") and names and header["profile"] not in names:
+                raise PhonehomeError(f"--ph-baseline {options.baseline}: a baseline of profile {header['profile']}, "
+                                     f"but the phones run {', '.join(sorted(names))} (one SKU per baseline)")
     except PhonehomeError as exc:
         raise pytest.UsageError(str(exc)) from None
 

@@ -88,6 +88,12 @@ def parse_options(config: pytest.Config) -> GateOptions:
     for device in devices:
         if not _DEVICE.fullmatch(device):
             raise pytest.UsageError(f"--device {mask_serial(device)!r}: expected {DEVICE_FORMS}")
+    for device in devices:
+        port = device.rpartition(":")[2]
+        if not device.startswith("virtual:") and ":" in device and port.isdigit() and not 0 < int(port) < 65536:
+            raise pytest.UsageError(f"--device {mask_serial(device)!r}: port {port} is not 1 to 65535")
+        if device.startswith(":"):
+            raise pytest.UsageError(f"--device {device!r}: expected {DEVICE_FORMS}")
     if len(set(devices)) != len(devices):
         raise pytest.UsageError("--device: the same phone is named twice")
     capture = _value(config, "capture")

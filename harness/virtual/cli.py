@@ -56,7 +56,12 @@ def run(args: argparse.Namespace) -> int:
               flush=True)
         if "boot-never-completes" not in phone.faults:
             phone.wait_booted(max(30.0, float(spec.boot_seconds) * 4))
-        print(f"adb serial: {phone.serial}\n  adb connect {phone.serial}\nCtrl-C stops it", flush=True)
+        print(f"adb serial: {phone.serial}\n  adb connect {phone.serial}", flush=True)
+        if phone.network is not None:
+            capture = f"gateway:{phone.network.router_capture_iface}@{phone.network.router_ns}"
+            print(f"gate it:\n  pytest --pyargs harness.scenarios --device {phone.serial} --ph-profile {spec.name} "
+                  f"--ph-capture {capture}", flush=True)
+        print("Ctrl-C stops it", flush=True)
         while not stop.wait(0.5):
             pass
     except KeyboardInterrupt:
