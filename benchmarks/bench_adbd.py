@@ -23,15 +23,14 @@ import os
 import shutil
 import socket
 import statistics
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
-from pathlib import Path
 from typing import Any
 
 import adbutils
 
+from harness.device.server import bundled_adb, private_adb_server
 from harness.virtual.adbd import AdbDaemon
 from harness.virtual.services import FileStat, ShellIO
 
@@ -114,23 +113,6 @@ def _loop() -> Iterator[Callable[[Coroutine[Any, Any, Any]], Any]]:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextlib.contextmanager
-def _adb_server(path: str) -> Iterator[int]:
-    port = _free_port()
-    env = {**os.environ, "ANDROID_ADB_SERVER_PORT": str(port), "ADBUTILS_ADB_PATH": path}
-    subprocess.run([path, "start-server"], env=env, capture_output=True, check=True, timeout=30)
-    try:
-        yield port
-    finally:
-        subprocess.run([path, "kill-server"], env=env, capture_output=True, check=False, timeout=30)
 
 
 def _connect(port: int) -> socket.socket:
@@ -228,7 +210,7 @@ def _median(job: Callable[[], float], runs: int = 3) -> float:
 
 
 def _adbs() -> list[tuple[str, str]]:
-    bundled = str(Path(adbutils.__file__).parent / "binaries" / "adb")
+    bundled = bundled_adb()
     found = [("adb 36 (adbutils)", bundled)]
     debian = shutil.which("adb")
     if debian and os.path.realpath(debian) != os.path.realpath(bundled):
@@ -248,7 +230,8 @@ def run(quick: bool) -> None:
         plain = _Client(int(baseline.sockets[0].getsockname()[1]), None)
         try:
             for name, path in adbs:
-                with _adb_server(path) as server:
+                with private_adb_server(path) as env:
+                    server = int(env["ANDROID_ADB_SERVER_PORT"])
                     serial = f"127.0.0.1:{daemon.port}"
                     client = adbutils.AdbClient(host="127.0.0.1", port=server)
                     client.connect(serial, timeout=10)

@@ -173,16 +173,12 @@ def device_streaming(count: int, workdir: Path) -> None:
     import adbutils
 
     from harness.device.adb import Adb
+    from harness.device.server import private_adb_server
     from harness.virtual.phone import VirtualPhone
 
-    adb_path = str(Path(adbutils.__file__).parent / "binaries" / "adb")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {**os.environ, "ANDROID_ADB_SERVER_PORT": str(port), "ADBUTILS_ADB_PATH": adb_path}
-    subprocess.run([adb_path, "start-server"], env=env, capture_output=True, check=True, timeout=30)
     size = 1000
-    try:
+    with private_adb_server() as server:
+        port = int(server["ANDROID_ADB_SERVER_PORT"])
         with VirtualPhone("clean") as phone:
             client = adbutils.AdbClient(host="127.0.0.1", port=port)
             client.connect(phone.serial, timeout=10)
@@ -211,8 +207,6 @@ def device_streaming(count: int, workdir: Path) -> None:
             write_frames(frames, count, src_mac=network.phone_mac, dst_mac="02:00:00:00:00:99",
                          src_ip=network.phone_ip, dst_ip="192.168.1.250", frame=size)
             runs = [_device_run(adb, network, frames, workdir, immediate) for immediate in (False, True)]
-    finally:
-        subprocess.run([adb_path, "kill-server"], env=env, capture_output=True, check=False, timeout=30)
     print(f"== on-device streaming through the adb server: {count} frames of {size} B per run ==")
     print(f"adb transport (exec:cat, same size)   {transport / 1e6:8.1f} MB/s  (baseline 1)")
     for immediate, (sent, actual, kept, streamed, cpu, base, windows) in zip((False, True), runs, strict=True):

@@ -14,11 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import shutil
-import socket
 import statistics
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,33 +24,9 @@ import adbutils
 
 from harness.device.adb import Adb
 from harness.device.lifecycle import Lifecycle, Timeouts
+from harness.device.server import bundled_adb, private_adb_server
 from harness.virtual.phone import VirtualPhone
 from harness.virtual.spec import load_virtual
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextlib.contextmanager
-def _adb_server(adb_path: str) -> Iterator[int]:
-    """A private adb server of this binary on a free port; killed afterwards."""
-    port = _free_port()
-    env = {**os.environ, "ANDROID_ADB_SERVER_PORT": str(port), "ADBUTILS_ADB_PATH": adb_path}
-    subprocess.run([adb_path, "start-server"], env=env, capture_output=True, check=True, timeout=30)
-    saved = {k: os.environ.get(k) for k in ("ANDROID_ADB_SERVER_PORT", "ADBUTILS_ADB_PATH")}
-    os.environ.update({"ANDROID_ADB_SERVER_PORT": str(port), "ADBUTILS_ADB_PATH": adb_path})
-    try:
-        yield port
-    finally:
-        subprocess.run([adb_path, "kill-server"], env=env, capture_output=True, check=False, timeout=30)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @contextlib.contextmanager
@@ -128,7 +101,7 @@ def _reboot(adb: Adb, configured: float) -> float:
 def run(quick: bool) -> None:
     rounds = 2 if quick else 7
     boot_seconds = 2.0 if quick else 3.0
-    bundled = str(Path(adbutils.__file__).parent / "binaries" / "adb")
+    bundled = bundled_adb()
     adbs = [("bundled adb 36", bundled)]
     debian = shutil.which("adb", path="/usr/bin")
     if debian and Path(debian).resolve() != Path(bundled).resolve():
@@ -136,7 +109,8 @@ def run(quick: bool) -> None:
     else:
         print("Debian's adb not installed (apt-get install adb): reboot measured with the bundled adb only")
     for index, (name, path) in enumerate(adbs):
-        with _adb_server(path) as port, _phone(port, boot_seconds) as (adb, configured):
+        with private_adb_server(path, activate=True) as server, \
+                _phone(int(server["ANDROID_ADB_SERVER_PORT"]), boot_seconds) as (adb, configured):
             if index == 0:
                 print(f"== per-step overhead ({name}, {rounds} rounds, adb input driver) ==")
                 _steps(adb, rounds)

@@ -15,48 +15,19 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import adbutils
 
+from harness.device.server import private_adb_server
 from harness.gate.session import DeviceSession
 from harness.plugin.options import GateOptions
 
 PARALLEL_PHONES = ("clean", "nokia7plus-fixed", "analytics-2021", "nokia7plus-2019")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextlib.contextmanager
-def _private_adb() -> Iterator[dict[str, str]]:
-    """The bundled adb on a free port, set in os.environ (and adbutils' module client) for the run."""
-    adb_path = str(Path(adbutils.__file__).parent / "binaries" / "adb")
-    env = {"ANDROID_ADB_SERVER_PORT": str(_free_port()), "ADBUTILS_ADB_PATH": adb_path}
-    saved = {key: os.environ.get(key) for key in env}
-    default_client = adbutils.adb
-    os.environ.update(env)
-    adbutils.adb = adbutils.AdbClient(host="127.0.0.1", port=int(env["ANDROID_ADB_SERVER_PORT"]))
-    subprocess.run([adb_path, "start-server"], env={**os.environ}, capture_output=True, check=True, timeout=30)
-    try:
-        yield env
-    finally:
-        subprocess.run([adb_path, "kill-server"], env={**os.environ}, capture_output=True, check=False, timeout=30)
-        adbutils.adb = default_client
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def _bare_cycle(session: DeviceSession) -> float:
@@ -99,7 +70,7 @@ def per_cycle(quick: bool, artifacts: Path) -> None:
     options = GateOptions(devices=("virtual:clean",), profile=None, capture=None, cycles=1, dwell=0.0,
                           boot_timeout=120.0, artifacts=artifacts, baseline=None)
     rounds = 1 if quick else 3
-    with _private_adb():
+    with private_adb_server(activate=True):
         session = DeviceSession("virtual:clean", options).open()
         try:
             bare = [_bare_cycle(session) for _ in range(rounds)]
@@ -129,7 +100,7 @@ def _gate_run(phones: tuple[str, ...], workers: int, artifacts: Path, env: dict[
 def parallel(quick: bool, base: Path) -> None:
     phones = PARALLEL_PHONES[:2] if quick else PARALLEL_PHONES
     scenarios = "screen_activation" if quick else "not cycles"
-    with _private_adb() as env:
+    with private_adb_server(activate=True) as env:
         dwell = ["--ph-dwell=1"] if quick else []
         one = _gate_run(phones, 1, base / "serial" / "artifacts", env, scenarios, dwell)
         many = _gate_run(phones, len(phones), base / "parallel" / "artifacts", env, scenarios, dwell)

@@ -14,36 +14,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
-import subprocess
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import adbutils
 
+from harness.device.server import private_adb_server
 from harness.virtual.phone import VirtualPhone
 
 PHONES = 8
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextlib.contextmanager
-def _private_adb() -> Iterator[adbutils.AdbClient]:
-    adb_path = str(Path(adbutils.__file__).parent / "binaries" / "adb")
-    port = _free_port()
-    env = {**os.environ, "ANDROID_ADB_SERVER_PORT": str(port)}
-    subprocess.run([adb_path, "start-server"], env=env, capture_output=True, check=True, timeout=30)
-    try:
-        yield adbutils.AdbClient(host="127.0.0.1", port=port, socket_timeout=30)
-    finally:
-        subprocess.run([adb_path, "kill-server"], env=env, capture_output=True, check=False, timeout=30)
 
 
 def _ready(client: adbutils.AdbClient, phone: VirtualPhone, deadline: float) -> None:
@@ -125,7 +105,8 @@ def run(quick: bool) -> None:
     if os.geteuid() != 0:
         raise RuntimeError("bench_virtual needs root (network namespaces)")
     rounds = 1 if quick else 3
-    with _private_adb() as client:
+    with private_adb_server() as server:
+        client = adbutils.AdbClient(host="127.0.0.1", port=int(server["ANDROID_ADB_SERVER_PORT"]), socket_timeout=30)
         full = min(_start_to_shell(client, network=True) for _ in range(rounds))
         bare = min(_start_to_shell(client, network=False) for _ in range(rounds))
         print(f"== start to `adb shell` ready, profile clean (best of {rounds}) ==")

@@ -14,13 +14,13 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from harness.device.server import private_adb_server
 from harness.errors import PhonehomeError
 from harness.profile import PHASES
 
@@ -34,18 +34,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where captures, findings JSON, JUnit XML and Allure results go (default: a new temp dir)")
     parser.add_argument("--workers", type=int, default=len(PHONES), metavar="N",
                         help=f"phones driven in parallel with pytest-xdist (default {len(PHONES)}; 0: one by one)")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _adb_path() -> str:
-    import adbutils
-
-    return os.environ.get("ADBUTILS_ADB_PATH") or str(Path(adbutils.__file__).parent / "binaries" / "adb")
 
 
 def _check_host() -> None:
@@ -95,22 +83,16 @@ def run(args: argparse.Namespace) -> int:
     if artifacts.exists() and not artifacts.is_dir():
         raise PhonehomeError(f"--artifacts {artifacts}: exists and is not a directory")
     artifacts.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
-    env = {**os.environ, "ANDROID_ADB_SERVER_PORT": str(port), "ADBUTILS_ADB_PATH": _adb_path()}
-    subprocess.run([env["ADBUTILS_ADB_PATH"], "start-server"], env=env, capture_output=True, check=True, timeout=60)
     command = [sys.executable, "-m", "pytest", "--pyargs", "harness.scenarios", "-p", "no:cacheprovider",
                f"--ph-artifacts={artifacts}", f"--junitxml={artifacts / 'junit.xml'}",
                f"--alluredir={artifacts / 'allure-results'}", "-q", "-rN"]
     command += [f"--device=virtual:{name}" for name in PHONES]
     if args.workers:
         command += ["-n", str(args.workers)]
-    print(f"phonehome demo: the gate on virtual phones {', '.join(PHONES)} (private adb server on port {port})",
-          flush=True)
-    try:
-        pytest_exit = subprocess.run(command, env=env, cwd=artifacts, check=False).returncode
-    finally:
-        subprocess.run([env["ADBUTILS_ADB_PATH"], "kill-server"], env=env, capture_output=True, check=False,
-                       timeout=60)
+    with private_adb_server(os.environ.get("ADBUTILS_ADB_PATH"), timeout=60) as server:
+        print(f"phonehome demo: the gate on virtual phones {', '.join(PHONES)} (private adb server on port "
+              f"{server['ANDROID_ADB_SERVER_PORT']})", flush=True)
+        pytest_exit = subprocess.run(command, env={**os.environ, **server}, cwd=artifacts, check=False).returncode
     summaries = {}
     for name in PHONES:
         path = artifacts / f"virtual-{name}" / "findings.json"

@@ -6,15 +6,16 @@ hide a missing install step.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import socket
 import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+
+from harness.device.server import bundled_adb, free_port, private_adb_server
+
+__all__ = ["bundled_adb", "free_port"]  # test modules import them from here
 
 pytest_plugins = ["pytester", "virtual_fixtures"]
 
@@ -64,57 +65,15 @@ def tool() -> object:
     return find
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def bundled_adb() -> str:
-    import adbutils
-
-    return str(Path(adbutils.__file__).parent / "binaries" / "adb")
-
-
-@contextlib.contextmanager
-def private_adb_server() -> Iterator[dict[str, str]]:
-    """adbutils' bundled adb on a free port, never the user's on 5037; pointed at for its lifetime.
-
-    Sets the environment variables adb, adbutils and uiautomator2 read, and rebinds adbutils'
-    module-level client (made at import time for port 5037), which uiautomator2 falls back on.
-    """
-    import adbutils
-
-    port = free_port()
-    env = {"ANDROID_ADB_SERVER_PORT": str(port), "ADBUTILS_ADB_PATH": bundled_adb()}
-    saved = {key: os.environ.get(key) for key in env}
-    default_client = adbutils.adb
-    os.environ.update(env)
-    adbutils.adb = adbutils.AdbClient(host="127.0.0.1", port=port)
-    subprocess.run([env["ADBUTILS_ADB_PATH"], "start-server"], env={**os.environ}, capture_output=True,
-                   check=True, timeout=30)
-    try:
-        yield env
-    finally:
-        subprocess.run([env["ADBUTILS_ADB_PATH"], "kill-server"], env={**os.environ}, capture_output=True,
-                       check=False, timeout=30)
-        adbutils.adb = default_client
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 @pytest.fixture(scope="session")
 def adb_server() -> Iterator[dict[str, str]]:
-    """The session's private adb server (see private_adb_server); phones connected to it stay listed."""
-    with private_adb_server() as env:
+    """The session's private adb server (never 5037), used by this process too; phones stay listed on it."""
+    with private_adb_server(activate=True) as env:
         yield env
 
 
 @pytest.fixture
 def empty_adb_server() -> Iterator[dict[str, str]]:
     """A private adb server of this test's own, with no phone ever connected to it."""
-    with private_adb_server() as env:
+    with private_adb_server(activate=True) as env:
         yield env
