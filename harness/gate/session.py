@@ -197,16 +197,16 @@ class DeviceSession:
 
     def new_destinations(self, baseline: Path) -> list[Finding]:
         """Destinations of this run's recordings that the baseline (previous build, same SKU) lacks."""
-        from harness.gate.baseline import load_baseline, new_destinations
+        from harness.gate.baseline import key_of, load_baseline, new_destinations
 
         header, keys = load_baseline(baseline)
         profile = self.profile.name if self.profile is not None else None
         if header.get("profile") and profile and header["profile"] != profile:
             raise DeviceError(f"baseline {baseline} is for profile {header['profile']}, this phone runs {profile}")
-        seen: dict[tuple[Any, Any, Any], dict[str, Any]] = {}
+        seen: dict[tuple[str, int, str], dict[str, Any]] = {}
         for outcome in self.outcomes:
             for dest in outcome.report.destinations:
-                seen.setdefault((dest.get("host") or dest.get("dst"), dest.get("dport"), dest.get("proto")), dest)
+                seen.setdefault(key_of(dest), dest)
         found = new_destinations(keys, seen.values(), source=str(baseline))
         self.policy_findings += found
         return found

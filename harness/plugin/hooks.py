@@ -78,10 +78,9 @@ def _check_files(options: GateOptions) -> None:
         profile = load_profile(options.profile) if options.profile is not None else None
         for spec in options.devices:
             virtual = spec.startswith(VIRTUAL)
-            if virtual and profile is None:
-                load_profile(spec[len(VIRTUAL):])
-            check_capture(options.capture, profile if profile is not None or not virtual
-                          else load_profile(spec[len(VIRTUAL):]), virtual=virtual)
+            # a virtual phone without --ph-profile runs its own profile, which must exist
+            own = load_profile(spec[len(VIRTUAL):]) if virtual and profile is None else profile
+            check_capture(options.capture, own, virtual=virtual)
         if options.baseline is not None:
             header, _ = load_baseline(options.baseline)
             names = {profile.name} if profile is not None else \
