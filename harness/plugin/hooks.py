@@ -12,7 +12,7 @@ import pytest
 
 from harness.gate.evidence import allure_failure, write_device_summary
 from harness.plugin.options import GateOptions, add_options, parse_options
-from harness.plugin.state import OPTIONS_KEY, PROBLEM_KEY, SESSIONS_KEY, STARTED_KEY, ids_for
+from harness.plugin.state import OPTIONS_KEY, PROBLEM_KEY, SESSIONS_KEY, STARTED_KEY, SUMMARIES_KEY, ids_for
 from harness.profile import PHASES
 
 MARKERS = [
@@ -164,8 +164,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         device_session.errors += [f"restoring the phone: {p}" for p in problems]
         if device_session.opened_at is not None:
             write_device_summary(device_session)
-    if not hasattr(session.config, "workerinput") and session.exitstatus == 0 and \
-            any(data.get("status") != "clean" for data in _summaries(session.config)):
+    if hasattr(session.config, "workerinput"):
+        return
+    summaries = session.config.stash[SUMMARIES_KEY] = _summaries(session.config)  # read once, also for the console
+    if session.exitstatus == 0 and any(data.get("status") != "clean" for data in summaries):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
@@ -188,7 +190,7 @@ def _summaries(config: pytest.Config) -> list[dict[str, Any]]:
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     if hasattr(config, "workerinput"):
         return
-    summaries = _summaries(config)
+    summaries = config.stash.get(SUMMARIES_KEY, [])
     if not summaries:
         return
     write = terminalreporter.write_line

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 
@@ -15,6 +16,7 @@ OPTIONS_KEY = pytest.StashKey[GateOptions]()
 SESSIONS_KEY = pytest.StashKey[dict[str, DeviceSession]]()  # --device value -> its session (this process)
 IDS_KEY = pytest.StashKey[dict[str, str]]()  # --device value -> its id in test ids and artifact paths
 STARTED_KEY = pytest.StashKey[float]()
+SUMMARIES_KEY = pytest.StashKey[list[dict[str, Any]]]()  # this run's per-phone findings.json, read at the end
 PROBLEM_KEY = pytest.StashKey[str]()  # a usage error found while parametrizing, raised after collection
 
 
