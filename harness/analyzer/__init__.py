@@ -11,6 +11,7 @@ window) is `unverified` with its reason; else `clean`.
 
 from __future__ import annotations
 
+import threading
 from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -254,14 +255,13 @@ def analyze(capture: Path | str, identifiers: IdentifierSet | None = None, *, gu
     `attribution` is the capture's `<capture>.sockets.json`: apps for flows the capture did not name.
     Unreadable input raises `PhonehomeError` (exit 2); everything else is in the report.
     """
-    from harness.analyzer.matcher import Matcher
     from harness.analyzer.reader import open_capture
     from harness.analyzer.report import Redactor
     from harness.policy.catalog import load_catalog
 
     ids = merged_identifiers(identifiers, profile)
     catalog = catalog or load_catalog()
-    matcher = Matcher(ids, guess=guess, canary=canary)
+    matcher = _matcher(ids, guess, canary)
     collector = _Collector()
     stream = open_capture(Path(capture), list(exclude))
     try:
@@ -309,6 +309,27 @@ def analyze(capture: Path | str, identifiers: IdentifierSet | None = None, *, gu
     return Report(status=status, reasons=[redactor.text(r) for r in reasons], capture=summary,
                   coverage=coverage or coverage_of(identifiers, profile), findings=findings, notes=notes,
                   destinations=_destination_summary(destinations))
+
+
+_MATCHERS = threading.local()
+_MATCHERS_KEPT = 4
+
+
+def _matcher(ids: IdentifierSet | None, guess: bool, canary: str | None) -> Matcher:
+    """The gate analyses one phone's captures scenario after scenario: compile its patterns once.
+
+    Kept per thread, because a hyperscan database's scratch space must not be shared by two
+    scans at once; the few most recent sets only (a worker gates one phone after another).
+    """
+    from harness.analyzer.matcher import Matcher
+
+    cache: dict[tuple[Any, ...], Matcher] = _MATCHERS.__dict__.setdefault("cache", {})
+    key = (tuple(ids or ()), guess, canary)
+    matcher = cache.pop(key, None) or Matcher(ids, guess=guess, canary=canary)
+    cache[key] = matcher  # most recent last
+    while len(cache) > _MATCHERS_KEPT:
+        del cache[next(iter(cache))]
+    return matcher
 
 
 def _destination_summary(destinations: list[Destination]) -> list[dict[str, Any]]:
