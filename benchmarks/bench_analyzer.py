@@ -122,7 +122,7 @@ def _floor(capture: Path, loaded: Manifest) -> dict[str, Any]:
         spent["scanned"] += len(buf)
         return out
 
-    unwrap.inflate = timed_inflate  # type: ignore[assignment]
+    unwrap.inflate = timed_inflate
     Matcher.scan = timed_scan  # type: ignore[method-assign]
     analyze(capture, IdentifierSet.from_mapping(loaded.identifiers, "benchmark"))
     return {f"floor_{key}": value for key, value in spent.items()}
