@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 from bisect import bisect_right
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +34,7 @@ from harness.analyzer.model import (
 from harness.identifiers import IdentifierSet, Kind, mask
 
 if TYPE_CHECKING:
+    from harness.analyzer.coap_blocks import BlockAssembler
     from harness.analyzer.matcher import Matcher
     from harness.policy.catalog import Catalog
     from harness.policy.policy import Destination
@@ -88,6 +89,7 @@ class _Collector:
     answer_flows: dict[str, tuple[Flow, int, float]] = field(default_factory=dict)  # name -> first answer
     apps: dict[Flow, str] = field(default_factory=dict)
     undecoded: int = 0
+    reported: set[tuple[object, ...]] = field(default_factory=set)  # (flow, direction, identifier, encoding)
 
     def feed(self, unit: StreamUnit, hits: list[Hit], contacts: list[Contact],
              dns_answers: dict[str, set[str]], undecoded: int) -> None:
@@ -100,8 +102,11 @@ class _Collector:
             if hit.kind == "canary":
                 self.canary_frames.update(frames)
                 continue
-            key = (flow, unit.from_client, hit.kind, hit.slot, hit.value, hit.encoding,
-                   unit.stream_offset + hit.start)
+            what = (flow, unit.from_client, hit.kind, hit.slot, hit.value, hit.encoding)
+            if unit.location is not None and what in self.reported:
+                continue  # a body joined from blocks: what one block showed was reported from it
+            self.reported.add(what)
+            key = (*what, unit.stream_offset + hit.start)
             if key not in self.plain:
                 time = unit.time_at(hit.start) if unit.times else 0.0
                 self.plain[key] = _Plain(hit, flow, frames, time, unit.app)
@@ -255,6 +260,7 @@ def analyze(capture: Path | str, identifiers: IdentifierSet | None = None, *, gu
     `attribution` is the capture's `<capture>.sockets.json`: apps for flows the capture did not name.
     Unreadable input raises `PhonehomeError` (exit 2); everything else is in the report.
     """
+    from harness.analyzer.coap_blocks import BlockAssembler
     from harness.analyzer.reader import open_capture
     from harness.analyzer.report import Redactor
     from harness.policy.catalog import load_catalog
@@ -264,10 +270,11 @@ def analyze(capture: Path | str, identifiers: IdentifierSet | None = None, *, gu
     matcher = _matcher(ids, guess, canary)
     collector = _Collector()
     stream = open_capture(Path(capture), list(exclude))
+    blocks = BlockAssembler()
     try:
         batch: list[StreamUnit] = []
         size = 0
-        for unit in stream.units():
+        for unit in _with_joined_blocks(stream.units(), blocks):
             batch.append(unit)
             size += len(unit.data)
             if len(batch) >= BATCH_UNITS or size >= BATCH_BYTES:
@@ -309,6 +316,14 @@ def analyze(capture: Path | str, identifiers: IdentifierSet | None = None, *, gu
     return Report(status=status, reasons=[redactor.text(r) for r in reasons], capture=summary,
                   coverage=coverage or coverage_of(identifiers, profile), findings=findings, notes=notes,
                   destinations=_destination_summary(destinations))
+
+
+def _with_joined_blocks(units: Iterable[StreamUnit], blocks: BlockAssembler) -> Iterator[StreamUnit]:
+    """The capture's units, each followed by the CoAP body it completed (if it did)."""
+    for unit in units:
+        yield unit
+        yield from blocks.feed(unit)
+    yield from blocks.finish()
 
 
 _MATCHERS = threading.local()

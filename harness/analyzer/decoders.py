@@ -197,6 +197,9 @@ class _Dissector:
         unit, data = self.unit, self.unit.data
         if not data:
             return
+        if unit.location is not None:  # already one protocol field (a CoAP body from its blocks)
+            self.add(0, len(data), (unit.location,))
+            return
         proto = unit.flow.proto
         if proto == "udp":
             if self.serves(DNS_PORTS) and self.dns_message(0, len(data)):
@@ -488,7 +491,7 @@ class _Dissector:
 
     def coap(self) -> bool:
         data = self.unit.data
-        parsed = _parse_coap(data)
+        parsed = parse_coap(data)
         if parsed is None:
             return False
         code, options, payload = parsed
@@ -667,7 +670,7 @@ def _sni_in_hello(hs: bytes, pos: int, end: int) -> tuple[int, bytes] | None:
     return None
 
 
-def _parse_coap(data: bytes) -> tuple[int, list[tuple[int, int, int]], int | None] | None:
+def parse_coap(data: bytes) -> tuple[int, list[tuple[int, int, int]], int | None] | None:
     """(code, [(option number, value start, value end)], payload start) or None if not CoAP."""
     if len(data) < 4 or data[0] >> 6 != 1 or data[0] & 0x0F > 8:
         return None

@@ -119,7 +119,9 @@ class StreamUnit:
     Consecutive units of one direction may overlap (a long stream is cut into windows that
     share a tail); dedupe hits by absolute offset, `stream_offset + start`.
     For a direction that is a TLS record stream, `data` holds its records except the bodies of
-    application-data records (encrypted), whose byte count is `tls_elided`.
+    application-data records (encrypted), whose byte count is `tls_elided`. A unit with a
+    `location` (an `Encoding` location) is not a packet's bytes but a field put together from
+    several (`coap_blocks`): scanned as that field, not dissected again.
     """
 
     flow: Flow
@@ -132,6 +134,7 @@ class StreamUnit:
     stream_offset: int = 0  # where data[0] stands in this direction's whole stream
     tls_elided: int = 0  # bytes of TLS application-data records left out (encrypted, not scanned)
     app: str | None = None  # the sending app, where the capture says (PCAPdroid trailer, comments)
+    location: str | None = None  # set when `data` is one protocol field already (a CoAP body joined from its blocks)
 
     def frames_between(self, start: int, end: int) -> list[int]:
         """The frames that carried data[start:end]."""
