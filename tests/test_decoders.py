@@ -12,6 +12,7 @@ import datetime
 import gzip
 import json
 import ssl
+import struct
 import zlib
 from pathlib import Path
 
@@ -343,6 +344,36 @@ def test_unknown_protocols_are_scanned_raw() -> None:
         "udp-payload", "base64", "json")
     other = StreamUnit(Flow("47", "10.0.0.2", 0, "192.0.2.1", 0), True, BODY, [0], [1], [0.0])
     assert where(analyze_unit(other, MATCHER))[("imei", 1)] == ("ip-payload", "plain")
+
+
+def _protobuf_registration(imei: int, imsi: int) -> bytes:
+    """A real protobuf message (built by the protobuf runtime from a descriptor, as an app's
+    generated class would be) holding the IMEI as an int64 and the IMSI as a fixed64 field."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    proto = descriptor_pb2.FileDescriptorProto(name="reg.proto", package="reg")
+    message = proto.message_type.add(name="Register")
+    fields = descriptor_pb2.FieldDescriptorProto
+    message.field.add(name="model", number=1, type=fields.TYPE_STRING, label=fields.LABEL_OPTIONAL)
+    message.field.add(name="imei", number=2, type=fields.TYPE_INT64, label=fields.LABEL_OPTIONAL)
+    message.field.add(name="imsi", number=3, type=fields.TYPE_FIXED64, label=fields.LABEL_OPTIONAL)
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    cls = message_factory.GetMessageClass(pool.FindMessageTypeByName("reg.Register"))
+    return cls(model="TA-1062", imei=imei, imsi=imsi).SerializeToString()  # type: ignore[no-any-return]
+
+
+def test_numeric_identifiers_as_binary_integers() -> None:
+    body = _protobuf_registration(int(IMEI), int(IMSI))
+    assert IMEI.encode() not in body and IMSI.encode() not in body
+    found = where(run(http_request(body, "Content-Type: application/x-protobuf\r\n")))
+    assert found[("imei", 1)] == ("http-body", "varint")
+    assert found[("imsi", 1)] == ("http-body", "int-le")  # fixed64 is little-endian on the wire
+    packed = struct.pack(">Q", int(IMEI)) + struct.pack("<Q", int(IMSI))
+    assert where(run(packed, proto="udp", dport=9998)) == {("imei", 1): ("udp-payload", "int-be"),
+                                                           ("imsi", 1): ("udp-payload", "int-le")}
+    near = struct.pack(">Q", int(IMEI) + 1) + struct.pack("<Q", int(IMSI) - 1)  # other numbers: nothing
+    assert run(near, proto="udp", dport=9998).hits == []
 
 
 def test_canary_in_a_dns_name() -> None:

@@ -399,6 +399,28 @@ def _packed_forms(digits: str, allow_shift: bool, msisdn: bool = False) -> list[
     return out
 
 
+INT_MIN_BYTES = 6  # shorter integers are not specific enough to be worth a form
+
+
+def _integer_forms(digits: str) -> list[tuple[bytes, str]]:
+    """A long digit identifier as the binary integer some protocols carry (protobuf int64,
+    packed structs): big- and little-endian without their zero high bytes (so an 8-byte field
+    matches too), and as a varint."""
+    number = int(digits)
+    size = (number.bit_length() + 7) // 8
+    if not INT_MIN_BYTES <= size <= 8:
+        return []
+    varint = bytearray()
+    while True:
+        low, number = number & 0x7F, number >> 7
+        varint.append(low | (0x80 if number else 0))
+        if not number:
+            break
+    value = int(digits)
+    return [(value.to_bytes(size, "big"), Encoding.INT_BE), (value.to_bytes(size, "little"), Encoding.INT_LE),
+            (bytes(varint), Encoding.VARINT)]
+
+
 def _hash_forms(text: str) -> list[tuple[bytes, bool, tuple[str, ...]]]:
     """Digest forms of one text: (bytes, caseless, steps)."""
     out: list[tuple[bytes, bool, tuple[str, ...]]] = []
@@ -431,6 +453,8 @@ def forms_for(kind: Kind, slot: int | None, value: str) -> list[Form]:
     for digits, allow_shift in packed:
         raw_forms += _packed_forms(digits, allow_shift, msisdn=kind is Kind.MSISDN)
     raw_forms += [(b, Encoding.BINARY, False) for b in binary]  # their hex is a text form already
+    for digits, _allow_shift in packed:
+        raw_forms += [(b, step, False) for b, step in _integer_forms(digits)]
     is_mac = kind in (Kind.WIFI_MAC, Kind.BT_MAC)
     for raw, step, as_hex in raw_forms:
         forms.append(Form(target, raw, False, (step,), binary_mac=is_mac and step == Encoding.BINARY))

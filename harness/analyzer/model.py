@@ -93,6 +93,9 @@ class Encoding(StrEnum):
     BASE32 = "base32"
     BINARY = "binary"  # the identifier's raw bytes (a MAC's 6 octets, a MEID's 7)
     ZIP = "zip"  # a zip archive member (raw deflate or stored)
+    INT_BE = "int-be"  # a long digit identifier as a binary integer, big-endian (int64 fields)
+    INT_LE = "int-le"  # the same, little-endian (a C struct on a phone's ARM CPU)
+    VARINT = "varint"  # the same as a protobuf / LEB128 varint
 
 
 @dataclass(frozen=True, slots=True)
