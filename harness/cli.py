@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from harness import __version__
+from harness.adb_env import adb_port_problem
 from harness.errors import PhonehomeError
 
 # (name, module, one-line help)
@@ -78,9 +79,9 @@ def internal_error(exc: BaseException) -> int:
 
 def check_environment() -> None:
     """Variables adb and adbutils read: a bad one is the user's one line, not adbutils' crash."""
-    port = os.environ.get("ANDROID_ADB_SERVER_PORT")
-    if port is not None and not (port.isdigit() and 0 < int(port) < 65536):
-        raise PhonehomeError(f"ANDROID_ADB_SERVER_PORT={port!r}: expected a port number, 1 to 65535")
+    problem = adb_port_problem()
+    if problem:
+        raise PhonehomeError(problem)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

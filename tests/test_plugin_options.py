@@ -136,3 +136,17 @@ def test_setup_a_phone_cannot_work_with_is_a_usage_error_before_it_is_touched(
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([message])
     assert "Traceback" not in result.stderr.str() and "R58M123456" not in result.stderr.str()
+
+
+def test_a_bad_adb_port_variable_is_a_usage_error_only_when_a_phone_is_asked_for(
+        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    """adbutils reads ANDROID_ADB_SERVER_PORT when imported, and the plugin is loaded into every
+    pytest run: a fresh interpreter (subprocess) shows that import no longer crashes pytest."""
+    pytester.makepyfile("def test_unrelated():\n    assert True\n")
+    monkeypatch.setenv("ANDROID_ADB_SERVER_PORT", "abc")
+    unrelated = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    unrelated.assert_outcomes(passed=1)
+    gated = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--device", "virtual:clean")
+    assert gated.ret == pytest.ExitCode.USAGE_ERROR
+    gated.stderr.fnmatch_lines(["ERROR: ANDROID_ADB_SERVER_PORT='abc': expected a port number, 1 to 65535"])
+    assert "Traceback" not in gated.stderr.str()

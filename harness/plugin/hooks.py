@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from harness.adb_env import adb_port_problem
 from harness.gate.evidence import allure_failure, write_device_summary
 from harness.plugin.options import GateOptions, add_options, parse_options
 from harness.plugin.state import OPTIONS_KEY, PROBLEM_KEY, SESSIONS_KEY, STARTED_KEY, SUMMARIES_KEY, ids_for
@@ -32,6 +33,9 @@ def pytest_configure(config: pytest.Config) -> None:
     for marker in MARKERS:
         config.addinivalue_line("markers", marker)
     options = parse_options(config)
+    problem = adb_port_problem()
+    if options.devices and problem:
+        raise pytest.UsageError(problem)
     _check_files(options)
     config.stash[OPTIONS_KEY] = options
     config.stash[SESSIONS_KEY] = {}
