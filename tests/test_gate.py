@@ -36,10 +36,11 @@ class Run:
 
 
 def run_gate(artifacts: Path, *args: str) -> Run:
-    """`pytest --pyargs harness.scenarios` as a user runs it (a subprocess, from a neutral directory)."""
+    """`pytest --pyargs harness.scenarios` as a user runs it (a subprocess, from a neutral directory;
+    `--ph-artifacts DIR` as two words, which xdist workers must read as the main process does)."""
     artifacts.mkdir(parents=True, exist_ok=True)
     done = subprocess.run([sys.executable, "-m", "pytest", "--pyargs", "harness.scenarios", "-p", "no:cacheprovider",
-                           "-v", f"--ph-artifacts={artifacts}", *args], cwd=artifacts, capture_output=True,
+                           "-v", "--ph-artifacts", str(artifacts), *args], cwd=artifacts, capture_output=True,
                           text=True, timeout=900, check=False)
     return Run(done.returncode, done.stdout + done.stderr)
 
