@@ -376,6 +376,18 @@ def test_numeric_identifiers_as_binary_integers() -> None:
     assert run(near, proto="udp", dport=9998).hits == []
 
 
+def test_imei_grouped_as_in_a_sip_urn_and_on_the_box() -> None:
+    tac, snr, check = IMEI[:8], IMEI[8:14], IMEI[14]
+    register = (f"REGISTER sip:ims.mnc001.mcc242.3gppnetwork.org SIP/2.0\r\n"
+                f'Contact: <sip:10.0.0.2:5060>;+sip.instance="<urn:gsma:imei:{tac}-{snr}-{check}>"\r\n'
+                "Content-Length: 0\r\n\r\n").encode()
+    assert where(run(register, proto="udp", dport=5060)) == {("imei", 1): ("udp-payload", "separated")}
+    boxed = f"IMEI {tac[:2]} {tac[2:]} {snr} {check}".encode()
+    assert where(run(boxed, proto="udp", dport=9998)) == {("imei", 1): ("udp-payload", "separated")}
+    other = f"urn:gsma:imei:{tac}-{int(snr) + 1:06d}-{check}".encode()  # another phone of the same model
+    assert run(other, proto="udp", dport=5060).hits == []
+
+
 def test_canary_in_a_dns_name() -> None:
     result = run(bytes(DNS(qd=DNSQR(qname="phc-canary-5e1f.invalid"))), proto="udp", dport=53)
     assert [(h.kind, h.encoding) for h in result.hits] == [("canary", ("dns-qname", "plain"))]

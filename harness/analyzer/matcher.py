@@ -1,9 +1,10 @@
 """Identifier patterns and the one scan that finds them (and the places worth decoding).
 
 The matcher turns each known identifier into literal byte *forms*: the text an app would send
-(IMEI with and without check digit, MAC with any separator and case, MSISDN international and
-national...), the raw bytes some binary protocols carry (TBCD/BCD digits as on a SIM, a MAC's
-six octets), and MD5/SHA-1/SHA-256 digests of the canonical texts (hex, Base64, raw). Encodings
+(IMEI with and without check digit, and grouped as in `urn:gsma:imei:`; MAC with any separator
+and case; MSISDN international and national...), the raw bytes some binary protocols carry
+(TBCD/BCD digits as on a SIM, a MAC's six octets, long numbers as int64 or varint), and
+MD5/SHA-1/SHA-256 digests of the canonical texts (hex, Base64, raw). Encodings
 (Base64, hex, percent, JSON escapes, UTF-16, gzip...) are *decoded* by `unwrap.py` and the result
 scanned again. Only the first level of Base64 and hex of each text is also enumerated, for runs
 too short to be worth a decode each (a URL path is a 16-character "Base64 run"); those literal
@@ -303,6 +304,10 @@ def _texts(kind: Kind, value: str) -> tuple[list[_Text], list[str], list[tuple[s
         core = value[:14]
         full = core + luhn_digit(core)
         texts += [_numeric(value, kind), _numeric(core, kind)]
+        # grouped: TAC-SNR(-check), SIP's and RCS's `urn:gsma:imei:` (RFC 7254); AA-BBBBBB-CCCCCC(-check)
+        # as printed on the box. The core's groups: any check digit may follow.
+        texts += [_Text(sep.join(groups), False, (Encoding.SEPARATED,))
+                  for sep in "- " for groups in ((core[:8], core[8:]), (core[:2], core[2:8], core[8:]))]
         hashed += [value, core, full]
         packed += [(value, True), (core, True)]
     elif kind is Kind.MEID:
