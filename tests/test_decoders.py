@@ -404,7 +404,37 @@ def test_batch_gives_the_same_answers_as_one_by_one() -> None:
     assert batch[0].hits and batch[3].hits and not batch[2].hits
 
 
+def _websocket(payloads: list[bytes]) -> tuple[bytes, bytes]:
+    """(client stream, server stream) of a ws:// connection with permessage-deflate, written by
+    wsproto: the client's messages masked, the server's echoed back compressed (unmasked)."""
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import AcceptConnection, BytesMessage, Request
+    from wsproto.extensions import PerMessageDeflate
+
+    client, server = WSConnection(ConnectionType.CLIENT), WSConnection(ConnectionType.SERVER)
+    up = client.send(Request(host="push.example.com", target="/ws", extensions=[PerMessageDeflate()]))
+    server.receive_data(up)
+    next(server.events())
+    down = server.send(AcceptConnection(extensions=[PerMessageDeflate()]))
+    client.receive_data(down)
+    next(client.events())
+    for payload in payloads:
+        up += client.send(BytesMessage(payload))
+        down += server.send(BytesMessage(payload))
+    return up, down
+
+
+def test_websocket_messages_both_ways() -> None:
+    up, down = _websocket([b'{"op":"hello"}', BODY])
+    assert IMEI.encode() not in up and IMEI.encode() not in down  # masked / compressed on the wire
+    assert where(run(up))[("imei", 1)] == ("websocket", "deflate", "json")
+    assert where(run(down, from_client=False))[("imei", 1)] == ("websocket", "deflate", "json")
+    cut = run(up[: len(up) - 10])  # the capture ends inside the message: what there is, no error
+    assert all(0 <= h.start <= h.end <= len(up) for h in cut.hits)
+
+
 SEEDS = [http_request(base64.b64encode(BODY), headers="Transfer-Encoding: chunked\r\n"),
+         _websocket([BODY, base64.b64encode(BODY)])[0],
          bytes(DNS(qr=1, qd=DNSQR(qname="a.b.example"), an=DNSRR(rrname="a.b.example", rdata="1.2.3.4"))),
          bytes(CoAP(type=0, code=2, msg_id=1, options=[("Uri-Host", b"h.example"), ("Uri-Path", b"p")]))
          + b"\xff" + BODY,

@@ -191,6 +191,32 @@ class Capture:
         return path
 
 
+def ws_exchange(payload: bytes, deflate: bool, split: bool) -> tuple[bytes, bytes, bytes]:
+    """A ws:// handshake and client messages as a real WebSocket stack writes them (wsproto, in
+    memory): (request, masked client frames, 101 response). With `deflate`, permessage-deflate
+    with context takeover (an earlier message primes the window); with `split`, two fragments."""
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import AcceptConnection, BytesMessage, Request, TextMessage
+    from wsproto.extensions import PerMessageDeflate
+
+    client, server = WSConnection(ConnectionType.CLIENT), WSConnection(ConnectionType.SERVER)
+    hello = client.send(Request(host="push.example.com", target="/v2/socket",
+                                extensions=[PerMessageDeflate()] if deflate else []))
+    server.receive_data(hello)
+    assert isinstance(next(server.events()), Request)
+    reply = server.send(AcceptConnection(extensions=[PerMessageDeflate()] if deflate else []))
+    client.receive_data(reply)
+    assert isinstance(next(client.events()), AcceptConnection)
+    frames = client.send(TextMessage('{"op":"hello","v":3,"t":"2019-07-22"}'))
+    if split:
+        half = len(payload) // 2
+        frames += client.send(BytesMessage(payload[:half], message_finished=False))
+        frames += client.send(BytesMessage(payload[half:]))
+    else:
+        frames += client.send(BytesMessage(payload))
+    return hello, frames, reply
+
+
 def chunked(body: bytes, size: int = 13) -> bytes:
     out = b"".join(b"%x\r\n%s\r\n" % (len(body[i : i + size]), body[i : i + size]) for i in range(0, len(body), size))
     return out + b"0\r\n\r\n"
@@ -277,10 +303,18 @@ def build(transport: str, ids: dict[str, list[str]]) -> tuple[Capture, list[Case
                 paymark=b"\xff") / enc.make(kind, value)
             frames = cap.udp(port, 5683, bytes(message))
             cases.append(Case(kind, slot, enc.name, enc.chain_tail, frames, "coap-payload"))
+    elif transport == "websocket":
+        for kind, slot, value, enc in cases_for(ids, ENCODINGS):
+            port += 1
+            deflate = port % 2 == 0
+            hello, frames_out, reply = ws_exchange(enc.make(kind, value), deflate, split=port % 4 == 1)
+            frames = cap.tcp(port, 80, hello + frames_out, segments=5, reply=reply)
+            tail = ("deflate", "json") if deflate and enc.name == "plain" else enc.chain_tail
+            cases.append(Case(kind, slot, enc.name + (" deflated" if deflate else ""), tail, frames, "websocket"))
     return cap, cases
 
 
-TRANSPORTS = ["tcp", "udp", "http", "dns", "tls", "coap"]
+TRANSPORTS = ["tcp", "udp", "http", "dns", "tls", "coap", "websocket"]
 
 
 def analyze_capture(path: Path, ids: dict[str, list[str]], **kw: Any) -> Report:

@@ -1,7 +1,8 @@
 """Protocol decoders: cut a unit into the pieces worth scanning, and note the host names it used.
 
 A unit (one direction of a flow: a UDP datagram or a reassembled TCP run) is recognised by its
-bytes first and its ports second: HTTP/1.x (request or status line), a TLS record stream, DNS
+bytes first and its ports second: HTTP/1.x (request or status line; WebSocket messages after an
+Upgrade, see websocket.py), a TLS record stream, DNS
 (UDP or TCP with length prefixes, on 53/5353/5355), CoAP (RFC 7252, on 5683 or when it parses
 strictly with URI options); anything else is one raw piece. Each piece keeps where it lies in the
 unit (`Hit.start/end` are offsets into `unit.data`) and its location in the encoding chain
@@ -16,10 +17,12 @@ from __future__ import annotations
 import re
 import socket
 import struct
+import zlib
 from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from harness.analyzer import websocket
 from harness.analyzer.matcher import Matcher, Trigger
 from harness.analyzer.model import Contact, Encoding, Hit, StreamUnit
 from harness.analyzer.unwrap import (
@@ -70,7 +73,7 @@ def analyze_units(units: Sequence[StreamUnit], matcher: Matcher) -> list[UnitRes
 
     HTTP is scanned as one raw piece first (its Host headers found by the same scan); only a
     unit where something was found, or whose bodies need framing undone (chunked, raw
-    deflate), is cut into request line, headers and bodies and scanned again, so that its hits
+    deflate, WebSocket), is cut into request line, headers and bodies and scanned again, so that its hits
     name their place. Everything the raw scan decodes the structured one decodes too.
     """
     results = [UnitResult() for _ in units]
@@ -212,8 +215,10 @@ class _Dissector:
             if self.serves(DNS_PORTS) and not unit.gap_before and self.tcp_dns():
                 return
             self.http_candidate = bool(_REQUEST.match(data) or _STATUS.match(data) or b"HTTP/1." in data)
-            if self.http_candidate and not fast and self.http():
-                return
+            if self.http_candidate and not fast:
+                self.websocket()
+                if self.http():
+                    return
         self.add(0, len(data), (self.raw_location,))
 
     def contacts_from_landmarks(self, events: list[tuple[int, int]]) -> None:
@@ -336,6 +341,35 @@ class _Dissector:
             self.pool[0] -= len(out)
             return out, step
         return None
+
+    # --- WebSocket --------------------------------------------------------------------------
+
+    def websocket(self) -> None:
+        """The messages of a ws:// connection after its handshake, unmasked (and inflated)."""
+        data = self.unit.data
+        start = websocket.frames_start(data)
+        if start < 0:
+            return
+        inflater = zlib.decompressobj(-15)  # one per direction: messages share the LZ77 window
+        for message in websocket.messages(data, start):
+            chain: tuple[str, ...] = (Encoding.WEBSOCKET,)
+            payload = message.payload
+            if message.compressed:
+                limit = min(MAX_INFLATE, self.remaining(), self.pool[0])
+                try:
+                    out = inflater.decompress(payload + websocket.DEFLATE_TAIL, max(1, limit))
+                except zlib.error:
+                    out = b""
+                    inflater = zlib.decompressobj(-15)
+                if out:
+                    self.result.undecoded += bool(inflater.unconsumed_tail)
+                    self.budget -= len(out)
+                    self.pool[0] -= len(out)
+                    chain += (Encoding.DEFLATE,)
+                    payload = out
+                    if looks_json(out):
+                        chain += (Encoding.JSON,)
+            self.add(message.start, message.end, chain, payload)
 
     # --- DNS --------------------------------------------------------------------------------
 

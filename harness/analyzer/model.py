@@ -66,6 +66,7 @@ class Encoding(StrEnum):
     TLS_SNI = "tls-sni"
     COAP_URI = "coap-uri"
     COAP_PAYLOAD = "coap-payload"
+    WEBSOCKET = "websocket"  # a ws:// message, unmasked
     # transforms
     PLAIN = "plain"
     URL = "url"
