@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pcap_kit import eth
 from scapy.layers.dns import DNS, DNSQR
 from scapy.layers.inet import IP, TCP, UDP
-from scapy.layers.l2 import Ether
 from scapy.utils import wrpcap
 
 from harness import sample
@@ -61,7 +61,7 @@ def adb_packets(clock: list[float]) -> list[Any]:
 def canary_packets(marker: str, clock: list[float]) -> list[Any]:
     """The canary: a DNS lookup of a fresh name holding the marker (as the capture backend sends)."""
     clock[0] += 0.05
-    query = Ether() / IP(src=PHONE, dst=sample.RESOLVER_IP) / UDP(sport=36001, dport=53) / DNS(
+    query = eth() / IP(src=PHONE, dst=sample.RESOLVER_IP) / UDP(sport=36001, dport=53) / DNS(
         id=77, rd=1, qd=DNSQR(qname=f"{marker}.canary.phonehome.test", qtype="A"))
     query.time = clock[0]
     return [query]
@@ -79,7 +79,7 @@ def raw_tcp(dst: str, dport: int, payload: bytes, clock: list[float], sport: int
 
 def syn_only(dst: str, dport: int, clock: list[float]) -> list[Any]:
     clock[0] += 0.01
-    packet = Ether() / IP(src=PHONE, dst=dst) / TCP(sport=41777, dport=dport, flags="S", seq=1)
+    packet = eth() / IP(src=PHONE, dst=dst) / TCP(sport=41777, dport=dport, flags="S", seq=1)
     packet.time = clock[0]
     return [packet]
 

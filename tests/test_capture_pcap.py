@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pcap_kit import eth
 from scapy.layers.inet import IP, UDP
-from scapy.layers.l2 import CookedLinuxV2, Ether
+from scapy.layers.l2 import CookedLinuxV2
 from scapy.packet import Packet, Raw
 from scapy.utils import PcapNgWriter, PcapWriter, rdpcap, wrpcap
 
@@ -33,7 +34,7 @@ from harness.capture.pcap import (
 def frames(n: int, *, start: float = 1_700_000_000.0, tag: bytes = b"p") -> list[Packet]:
     out: list[Packet] = []
     for i in range(n):
-        packet = Ether() / IP(src="10.0.0.2", dst="10.0.0.1") / UDP(sport=4000, dport=53) / Raw(tag + b"%d" % i * 7)
+        packet = eth() / IP(src="10.0.0.2", dst="10.0.0.1") / UDP(sport=4000, dport=53) / Raw(tag + b"%d" % i * 7)
         packet.time = start + i * 0.001
         out.append(packet)
     return out

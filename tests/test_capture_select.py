@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pcap_kit import eth
 from scapy.layers.inet import IP, UDP
-from scapy.layers.l2 import Ether
 from scapy.utils import wrpcap
 
 from harness.capture.base import CaptureSetupError, State
@@ -95,7 +95,7 @@ def test_build_gateway_for_a_virtual_phones_router(tmp_path: Path) -> None:
 
 def test_file_backend_reports_an_existing_capture(tmp_path: Path) -> None:
     path = tmp_path / "given.pcap"
-    wrpcap(str(path), [Ether() / IP() / UDP() for _ in range(3)])
+    wrpcap(str(path), [eth() / IP() / UDP() for _ in range(3)])
     capture = build(choose(f"file:{path}"), tmp_path / "unused.pcap")
     assert isinstance(capture, FileCapture)
     capture.start()

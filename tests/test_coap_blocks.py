@@ -11,16 +11,16 @@ import json
 from pathlib import Path
 from typing import Any
 
+from analyze_kit import IDS, PHONE, write_pcap
+from pcap_kit import eth
 from scapy.contrib.coap import CoAP
 from scapy.layers.inet import IP, UDP
-from scapy.layers.l2 import Ether
 
 from harness import sample
 from harness.analyzer import analyze
 from harness.analyzer.coap_blocks import BlockAssembler
 from harness.analyzer.model import Flow, StreamUnit
 from harness.identifiers import IdentifierSet
-from tests.analyze_kit import IDS, PHONE, write_pcap
 
 IMEI = IDS["imei"][0]
 SERVER = "203.0.113.9"  # a documentation address: only ever inside the capture file
@@ -46,7 +46,7 @@ def _datagrams(body: bytes, option: int = 27, size: int = BLOCK, order: list[int
         message = CoAP(type=0, code=2 if from_phone else 69, msg_id=100 + n, token=b"\x07",
                        options=options, paymark=b"\xff") / body[n * size : (n + 1) * size]
         src, dst, sport, dport = (PHONE, SERVER, 40683, 5683) if from_phone else (SERVER, PHONE, 5683, 40683)
-        packet = Ether() / IP(src=src, dst=dst) / UDP(sport=sport, dport=dport) / message
+        packet = eth() / IP(src=src, dst=dst) / UDP(sport=sport, dport=dport) / message
         packet.time = sample.START + 0.01 * len(packets)
         packets.append(packet)
     return packets

@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pcap_kit import eth
 from scapy.contrib.coap import CoAP
 from scapy.layers.dns import DNS, DNSQR, DNSRR
 from scapy.layers.inet import IP, TCP, UDP
-from scapy.layers.l2 import Ether
 from scapy.utils import wrpcap
 
 from harness.analyzer.matcher import tbcd
@@ -146,9 +146,9 @@ class Capture:
         return len(self.packets)
 
     def udp(self, sport: int, dport: int, payload: bytes, reply: bytes | None = None) -> set[int]:
-        frames = {self.add(Ether() / IP(src=PHONE, dst=SERVER) / UDP(sport=sport, dport=dport) / payload)}
+        frames = {self.add(eth() / IP(src=PHONE, dst=SERVER) / UDP(sport=sport, dport=dport) / payload)}
         if reply is not None:
-            self.add(Ether() / IP(src=SERVER, dst=PHONE) / UDP(sport=dport, dport=sport) / reply)
+            self.add(eth() / IP(src=SERVER, dst=PHONE) / UDP(sport=dport, dport=sport) / reply)
         return frames
 
     def tcp(self, sport: int, dport: int, payload: bytes, segments: int = 4, shuffle: bool = True,
@@ -159,7 +159,7 @@ class Capture:
 
         def pkt(from_client: bool, flags: str, s: int, a: int, data: bytes = b"") -> Any:
             src, dst_, sp, dp = (PHONE, dst, sport, dport) if from_client else (dst, PHONE, dport, sport)
-            packet = Ether() / IP(src=src, dst=dst_) / TCP(sport=sp, dport=dp, flags=flags, seq=s, ack=a,
+            packet = eth() / IP(src=src, dst=dst_) / TCP(sport=sp, dport=dp, flags=flags, seq=s, ack=a,
                                                            window=65535)
             return packet / data if data else packet
 
@@ -276,8 +276,8 @@ def build(transport: str, ids: dict[str, list[str]]) -> tuple[Capture, list[Case
                 port += 1
                 query = DNS(id=port & 0xFFFF, rd=1, qd=DNSQR(qname=name))
                 answer = DNS(id=port & 0xFFFF, qr=1, qd=DNSQR(qname=name), an=DNSRR(rrname=name, rdata=SERVER))
-                frames = {cap.add(Ether() / IP(src=PHONE, dst=RESOLVER) / UDP(sport=port, dport=53) / query)}
-                cap.add(Ether() / IP(src=RESOLVER, dst=PHONE) / UDP(sport=53, dport=port) / answer)
+                frames = {cap.add(eth() / IP(src=PHONE, dst=RESOLVER) / UDP(sport=port, dport=53) / query)}
+                cap.add(eth() / IP(src=RESOLVER, dst=PHONE) / UDP(sport=53, dport=port) / answer)
                 cases.append(Case(kind, slot, "dns:" + tail[-1], tail, frames))
     elif transport == "tls":
         for kind, slot, value, _ in cases_for(ids, ENCODINGS[:1]):
@@ -379,9 +379,9 @@ def test_golden_2019_incident(tmp_path: Path) -> None:
                    "SIM1CELLID": ids["cell_id"][0], "MACID": ids["wifi_mac"][0], "ACCESSTYPE": "2"}
     body = base64.encodebytes(json.dumps(report_json, separators=(",", ":")).encode())
     cap = Capture()
-    cap.add(Ether() / IP(src=PHONE, dst=RESOLVER) / UDP(sport=35353, dport=53) / DNS(rd=1, qd=DNSQR(
+    cap.add(eth() / IP(src=PHONE, dst=RESOLVER) / UDP(sport=35353, dport=53) / DNS(rd=1, qd=DNSQR(
         qname="zzhc.vnet.cn")))
-    cap.add(Ether() / IP(src=RESOLVER, dst=PHONE) / UDP(sport=53, dport=35353) / DNS(
+    cap.add(eth() / IP(src=RESOLVER, dst=PHONE) / UDP(sport=53, dport=35353) / DNS(
         qr=1, qd=DNSQR(qname="zzhc.vnet.cn"), an=DNSRR(rrname="zzhc.vnet.cn", rdata="42.99.2.15")))
     head = (b"POST / HTTP/1.1\r\nContent-Type: application/encrypted-json\r\nHost: zzhc.vnet.cn\r\n"
             b"Content-Length: %d\r\n\r\n" % len(body))
