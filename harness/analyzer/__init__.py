@@ -260,6 +260,7 @@ def analyze(capture: Path | str, identifiers: IdentifierSet | None = None, *, gu
     `attribution` is the capture's `<capture>.sockets.json`: apps for flows the capture did not name.
     Unreadable input raises `PhonehomeError` (exit 2); everything else is in the report.
     """
+    from harness.analyzer.addresses import address_findings
     from harness.analyzer.coap_blocks import BlockAssembler
     from harness.analyzer.reader import open_capture
     from harness.analyzer.report import Redactor
@@ -295,6 +296,8 @@ def analyze(capture: Path | str, identifiers: IdentifierSet | None = None, *, gu
     summary.blind_windows = [*summary.blind_windows, *blind_windows]
     destinations = _destinations(collector, flows)
     findings = _plaintext_findings(collector) + _policy_findings(collector, destinations, catalog, profile)
+    findings += address_findings(((r.flow, r.first_frame, r.first_time) for r in flows if not r.excluded), ids,
+                                 collector.host)
     findings.sort(key=lambda f: (f.time if f.time is not None else float("inf"), f.frames[:1], f.rule))
     notes = []
     if summary.truncated:

@@ -356,6 +356,11 @@ def _texts(kind: Kind, value: str) -> tuple[list[_Text], list[str], list[tuple[s
         texts += [_Text(s, True) for s in shapes]
         hashed += shapes + [s.upper() for s in shapes]
         binary.append(bytes.fromhex(hx))
+        # as the last three groups of an IPv6 address made from it (EUI-64), compact and padded
+        iid = f"{int(pairs[0], 16) ^ 2:02x}{pairs[1]}{pairs[2]}fffe{pairs[3]}{pairs[4]}{pairs[5]}"
+        groups = [iid[i : i + 4] for i in range(4, 16, 4)]
+        for text in dict.fromkeys((":".join(g.lstrip("0") or "0" for g in groups), ":".join(groups))):
+            texts.append(_Text(text, True, (Encoding.EUI64,), Boundary.HEX))
     elif kind is Kind.SERIAL:
         boundary = Boundary.ALNUM if len(value) < 10 else Boundary.NONE
         keys = _SHORT_KEYS[kind] if len(value) < 6 else ()

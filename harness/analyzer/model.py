@@ -67,6 +67,7 @@ class Encoding(StrEnum):
     COAP_URI = "coap-uri"
     COAP_PAYLOAD = "coap-payload"
     WEBSOCKET = "websocket"  # a ws:// message, unmasked
+    IPV6_ADDRESS = "ipv6-address"  # the phone's own address, in every packet's header
     # transforms
     PLAIN = "plain"
     URL = "url"
@@ -97,6 +98,7 @@ class Encoding(StrEnum):
     INT_BE = "int-be"  # a long digit identifier as a binary integer, big-endian (int64 fields)
     INT_LE = "int-le"  # the same, little-endian (a C struct on a phone's ARM CPU)
     VARINT = "varint"  # the same as a protobuf / LEB128 varint
+    EUI64 = "eui64"  # a MAC as an IPv6 interface ID (U/L bit flipped, ff:fe inserted)
 
 
 @dataclass(frozen=True, slots=True)
