@@ -254,7 +254,8 @@ class Adb:
 
     @property
     def env(self) -> dict[str, str]:
-        return {**os.environ, "ANDROID_ADB_SERVER_PORT": str(self.port), "ADBUTILS_ADB_PATH": self.path}
+        return {**os.environ, "ANDROID_ADB_SERVER_PORT": str(self.port), "ADBUTILS_ADB_PATH": self.path,
+                "ADB_MDNS": "0"}  # no mDNS on the host LAN
 
     def __call__(self, *args: str, timeout: float = 60, **kwargs: Any) -> subprocess.CompletedProcess[bytes]:
         kwargs.setdefault("stdin", subprocess.DEVNULL)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from scapy.layers.inet import IP, TCP
+from scapy.layers.inet import IP, TCP, UDP
 from scapy.sendrecv import AsyncSniffer
 from vnet_capture import router_capture, tcp_streams
 
@@ -311,3 +311,22 @@ def test_open_connection_reaches_a_service_on_the_phone_itself(network: PhoneNet
     finally:
         server.kill()
         server.wait()
+
+
+def test_a_private_adb_server_sends_nothing_on_the_host_network(netns_available: None) -> None:
+    """adb 36 looks for wireless-debugging phones with mDNS unless ADB_MDNS=0: multicast on the
+    host's LAN within its first second. The servers the tests and the demo start must not."""
+    from harness.device.server import private_adb_server
+
+    links = sorted(host_links("up") - {"lo"})
+    if not links:
+        pytest.skip("no host network interface to watch")
+    sniffer = AsyncSniffer(iface=links, store=True, lfilter=lambda p: UDP in p and 5353 in (p[UDP].sport, p[UDP].dport))
+    sniffer.start()
+    time.sleep(0.5)
+    try:
+        with private_adb_server():
+            time.sleep(3)
+    finally:
+        sniffer.stop()
+    assert sniffer.results is not None and len(sniffer.results) == 0, "mDNS left the host"

@@ -13,7 +13,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-ENV_KEYS = ("ANDROID_ADB_SERVER_PORT", "ADBUTILS_ADB_PATH")
+ENV_KEYS = ("ANDROID_ADB_SERVER_PORT", "ADBUTILS_ADB_PATH", "ADB_MDNS")
 
 
 def free_port() -> int:
@@ -32,7 +32,7 @@ def bundled_adb() -> str:
 @contextlib.contextmanager
 def private_adb_server(adb_path: str | None = None, *, activate: bool = False,
                        timeout: float = 30.0) -> Iterator[dict[str, str]]:
-    """Start `adb_path` (default: the bundled adb) as a server on a free port; yields its environment.
+    """Start `adb_path` (default: the bundled adb) as a server on a free port, mDNS off; yields its environment.
 
     With `activate`, this process uses it too while the block runs: os.environ is set, and
     adbutils' module-level client (made at import time for 5037, which uiautomator2 falls back
@@ -40,7 +40,9 @@ def private_adb_server(adb_path: str | None = None, *, activate: bool = False,
     """
     import adbutils
 
-    env = {"ANDROID_ADB_SERVER_PORT": str(free_port()), "ADBUTILS_ADB_PATH": adb_path or bundled_adb()}
+    # ADB_MDNS=0: no mDNS discovery of wireless-debugging phones, which multicasts on the host's LAN
+    env = {"ANDROID_ADB_SERVER_PORT": str(free_port()), "ADBUTILS_ADB_PATH": adb_path or bundled_adb(),
+           "ADB_MDNS": "0"}
     saved = {key: os.environ.get(key) for key in ENV_KEYS}
     default_client = adbutils.adb
     if activate:
