@@ -35,7 +35,7 @@ def _block_option(num: int, more: bool, szx: int = 0) -> bytes:
 
 
 def _datagrams(body: bytes, option: int = 27, size: int = BLOCK, order: list[int] | None = None,
-               from_phone: bool = True) -> list[Any]:
+               from_phone: bool = True, size_hint: bool = False) -> list[Any]:
     """The body as CoAP POST blocks (Block1) from the phone, or as response blocks (Block2)."""
     szx = size.bit_length() - 5
     count = -(-len(body) // size)
@@ -43,6 +43,8 @@ def _datagrams(body: bytes, option: int = 27, size: int = BLOCK, order: list[int
     for n in order if order is not None else range(count):
         options: list[tuple[Any, bytes]] = [("Uri-Path", b"nb")] if from_phone else []
         options.append((option, _block_option(n, n < count - 1, szx)))
+        if size_hint:  # RFC 7959 2.3: a Block1 request may carry Block2 NUM=0, the response size it wants
+            options.insert(1, (23, _block_option(0, False, 6)))
         message = CoAP(type=0, code=2 if from_phone else 69, msg_id=100 + n, token=b"\x07",
                        options=options, paymark=b"\xff") / body[n * size : (n + 1) * size]
         src, dst, sport, dport = (PHONE, SERVER, 40683, 5683) if from_phone else (SERVER, PHONE, 5683, 40683)
@@ -111,3 +113,33 @@ def test_the_assembler_bounds_what_it_waits_for() -> None:
     assert len(joined) == 300 - 256  # the oldest were joined early, not kept
     joined += assembler.finish()
     assert len(joined) == 300 and all(u.data == b"a" * BLOCK + b"b" * BLOCK for u in joined)
+
+
+def test_a_block2_size_hint_in_requests_does_not_hide_block1(tmp_path: Path) -> None:
+    found = _imei_findings(write_pcap(tmp_path / "hint.pcap", _datagrams(BODY, size_hint=True)))
+    assert [f.encoding for f in found] == [["coap-payload", "plain"]]
+
+
+def test_a_last_block_sent_again_after_its_transfer_is_not_a_new_body(tmp_path: Path) -> None:
+    first = _datagrams(b"x" * 100)  # its last block starts at 96
+    second = _datagrams(b"a" * 90 + IMEI.encode() + b"b" * 30)  # the IMEI across 96
+    for i, packet in enumerate(second):
+        packet.time += 1 + i * 0.01
+    resent = first[-1].copy()  # its ACK was lost: the client sends the last block again
+    resent.time = first[-1].time + 0.5
+    found = _imei_findings(write_pcap(tmp_path / "resent.pcap", [*first, resent, *second]))
+    assert [f.encoding for f in found] == [["coap-payload", "plain"]]
+
+
+def test_waiting_transfers_hold_a_bounded_number_of_bytes() -> None:
+    assembler = BlockAssembler()
+    payload = b"z" * 1024
+    joined = 0
+    for i in range(20):  # 20 transfers of 1 MiB each, none finished: 20 MiB would wait
+        flow = Flow("udp", "10.0.0.2", 41000 + i, SERVER, 5683)
+        for n in range(1024):
+            block = bytes(CoAP(type=0, code=2, msg_id=n, options=[("Uri-Path", b"nb"), (27, _block_option(n, True, 6))],
+                               paymark=b"\xff") / payload)
+            joined += sum(1 for _ in assembler.feed(StreamUnit(flow, True, block, [0], [n + 1], [0.0])))
+    assert joined >= 12  # the oldest were joined early: at most MAX_PENDING (8 MiB) waits
+    assert joined + sum(1 for _ in assembler.finish()) == 20

@@ -11,6 +11,7 @@ import contextlib
 import datetime
 import gzip
 import json
+import random
 import ssl
 import struct
 import zlib
@@ -431,6 +432,39 @@ def test_websocket_messages_both_ways() -> None:
     assert where(run(down, from_client=False))[("imei", 1)] == ("websocket", "deflate", "json")
     cut = run(up[: len(up) - 10])  # the capture ends inside the message: what there is, no error
     assert all(0 <= h.start <= h.end <= len(up) for h in cut.hits)
+
+
+def _ws_frame(payload: bytes, *, opcode: int = 2, fin: bool = True, rsv1: bool = False) -> bytes:
+    """One masked client frame per RFC 6455 5.2 (for what wsproto will not write: a deflate
+    stream ended with BFINAL, a message cut short)."""
+    key = b"\x1f\x2e\x3d\x4c"
+    head = bytes([fin << 7 | rsv1 << 6 | opcode])
+    if len(payload) < 126:
+        head += bytes([0x80 | len(payload)])
+    else:
+        head += bytes([0x80 | 126]) + len(payload).to_bytes(2, "big")
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+WS_UPGRADE = _websocket([])[0]
+
+
+def test_websocket_inflation_survives_what_senders_and_captures_do() -> None:
+    def deflated(data: bytes, final: bool) -> bytes:
+        packer = zlib.compressobj(9, zlib.DEFLATED, -15)
+        out = packer.compress(data) + packer.flush(zlib.Z_FINISH if final else zlib.Z_SYNC_FLUSH)
+        return out if final else out[:-4]
+
+    # a sender that ends each message's deflate stream (BFINAL): the next message starts anew
+    ended = WS_UPGRADE + _ws_frame(deflated(b'{"op":"hello"}', True), rsv1=True) \
+        + _ws_frame(deflated(BODY, True), rsv1=True)
+    assert where(run(ended))[("imei", 1)] == ("websocket", "deflate", "json")
+    # the capture ends inside a compressed message: what inflated before the cut is scanned
+    cut = WS_UPGRADE + _ws_frame(deflated(BODY + random.Random(7).randbytes(4000), False), rsv1=True)
+    assert where(run(cut[:-200]))[("imei", 1)] == ("websocket", "deflate", "json")
+    # a first fragment, then bytes that are no frame: the fragment is still read
+    broken = WS_UPGRADE + _ws_frame(BODY, fin=False) + b"\x80"
+    assert where(run(broken))[("imei", 1)] == ("websocket", "plain")
 
 
 SEEDS = [http_request(base64.b64encode(BODY), headers="Transfer-Encoding: chunked\r\n"),

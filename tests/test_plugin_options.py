@@ -145,7 +145,8 @@ def test_a_bad_adb_port_variable_is_a_usage_error_only_when_a_phone_is_asked_for
     pytester.makepyfile("def test_unrelated():\n    assert True\n")
     monkeypatch.setenv("ANDROID_ADB_SERVER_PORT", "abc")
     unrelated = pytester.runpytest_subprocess("-p", "no:cacheprovider")
-    unrelated.assert_outcomes(passed=1)
+    unrelated.assert_outcomes(passed=1, warnings=1)
+    unrelated.stdout.fnmatch_lines(["*ANDROID_ADB_SERVER_PORT='abc'*adbutils' default client uses port 5037*"])
     gated = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--device", "virtual:clean")
     assert gated.ret == pytest.ExitCode.USAGE_ERROR
     gated.stderr.fnmatch_lines(["ERROR: ANDROID_ADB_SERVER_PORT='abc': expected a port number, 1 to 65535"])

@@ -21,6 +21,7 @@ import zlib
 from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from harness.analyzer import websocket
 from harness.analyzer.matcher import Matcher, Trigger
@@ -350,25 +351,29 @@ class _Dissector:
         start = websocket.frames_start(data)
         if start < 0:
             return
-        inflater = zlib.decompressobj(-15)  # one per direction: messages share the LZ77 window
+        inflater: Any = zlib.decompressobj(-15)  # one per direction: messages share the LZ77 window
         for message in websocket.messages(data, start):
             chain: tuple[str, ...] = (Encoding.WEBSOCKET,)
             payload = message.payload
             if message.compressed:
                 limit = min(MAX_INFLATE, self.remaining(), self.pool[0])
-                try:
-                    out = inflater.decompress(payload + websocket.DEFLATE_TAIL, max(1, limit))
-                except zlib.error:
-                    out = b""
-                    inflater = zlib.decompressobj(-15)
-                if out:
-                    self.result.undecoded += bool(inflater.unconsumed_tail)
+                if inflater is None or limit <= 0:
+                    self.result.undecoded += 1  # no budget, or the window was lost before this message
+                    inflater = None
+                else:
+                    out, whole = websocket.inflate_message(inflater, message, limit)
                     self.budget -= len(out)
                     self.pool[0] -= len(out)
-                    chain += (Encoding.DEFLATE,)
-                    payload = out
-                    if looks_json(out):
-                        chain += (Encoding.JSON,)
+                    if not whole:
+                        self.result.undecoded += message.final
+                        inflater = None
+                    elif inflater.eof:  # the sender ended its deflate stream: the next one starts anew
+                        inflater = zlib.decompressobj(-15)
+                    if out:
+                        chain += (Encoding.DEFLATE,)
+                        payload = out
+                        if looks_json(out):
+                            chain += (Encoding.JSON,)
             self.add(message.start, message.end, chain, payload)
 
     # --- DNS --------------------------------------------------------------------------------

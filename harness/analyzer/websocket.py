@@ -4,7 +4,8 @@ A client masks every frame it sends with a 4-byte key written in the clear just 
 payload: the bytes are readable without decryption, but not as they stand, so a scan of the raw
 stream misses an identifier in them. The frames after an HTTP Upgrade request (or its 101
 response) are parsed; each message's fragments are unmasked and joined. permessage-deflate
-(RFC 7692) messages are inflated by the dissector, which owns the decode budget.
+(RFC 7692) messages are inflated with one inflater per direction (messages share its window),
+a new one after a message that ends its deflate stream; the dissector owns the decode budget.
 
 Only frames that follow the handshake in the same unit are read (a connection's first window,
 1 MiB per direction): a frame chain cannot be found reliably from the middle of a stream.
@@ -13,8 +14,10 @@ Only frames that follow the handshake in the same unit are read (a connection's 
 from __future__ import annotations
 
 import re
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 _UPGRADE = re.compile(rb"\nupgrade:[ \t]*websocket[ \t]*\r?\n", re.IGNORECASE)
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
@@ -30,6 +33,7 @@ class Message:
     end: int
     payload: bytes
     compressed: bool
+    final: bool  # its last frame (FIN) was seen: not cut by the end of the unit or a bad frame
 
 
 def frames_start(data: bytes) -> int:
@@ -53,7 +57,7 @@ def messages(data: bytes, pos: int) -> Iterator[Message]:
         b0, b1 = data[pos], data[pos + 1]
         opcode = b0 & 0x0F
         if b0 & 0x30 or opcode not in _OPCODES or (opcode >= 8 and (not b0 & 0x80 or b1 & 0x7F > 125)):
-            return  # reserved bits, unknown opcode, fragmented or long control frame: not a frame
+            break  # reserved bits, unknown opcode, fragmented or long control frame: not a frame
         length = b1 & 0x7F
         head = pos + 2
         if length == 126:
@@ -67,12 +71,12 @@ def messages(data: bytes, pos: int) -> Iterator[Message]:
             key = data[head : head + 4]
             head += 4
         if head > size:
-            return
+            break
         end = min(head + length, size)
         payload = unmask(data[head:end], key)
         if opcode >= 8:
             if payload:
-                yield Message(pos, end, payload, False)
+                yield Message(pos, end, payload, False, True)
         else:
             if opcode:  # a new message
                 parts, first, compressed = [], pos, bool(b0 & 0x40)
@@ -80,9 +84,32 @@ def messages(data: bytes, pos: int) -> Iterator[Message]:
                 return  # a continuation of nothing
             parts.append(payload)
             if b0 & 0x80 or end == size:
-                yield Message(first, end, b"".join(parts), compressed)
+                yield Message(first, end, b"".join(parts), compressed, bool(b0 & 0x80) and end == head + length)
                 parts, first = [], -1
         pos = end
+    if parts:  # fragments before something that is not a frame: what there is of that message
+        yield Message(first, pos, b"".join(parts), compressed, False)
+
+
+def inflate_message(inflater: Any, message: Message, limit: int) -> tuple[bytes, bool]:
+    """A permessage-deflate message through the direction's inflater: (what it gave, whole).
+
+    Fed in slices, so a corrupt or cut message keeps what decoded before the damage; the
+    stripped tail goes back in only after a whole message. Not `whole` when damaged, cut or
+    over `limit`: the shared window is then lost for the messages after it."""
+    out: list[bytes] = []
+    produced = 0
+    data = message.payload + (DEFLATE_TAIL if message.final else b"")
+    try:
+        for pos in range(0, len(data), 1 << 14):
+            part = inflater.decompress(data[pos : pos + (1 << 14)], max(1, limit - produced))
+            out.append(part)
+            produced += len(part)
+            if inflater.unconsumed_tail or produced >= limit:
+                return b"".join(out), False
+    except zlib.error:
+        return b"".join(out), False
+    return b"".join(out), message.final
 
 
 def unmask(data: bytes, key: bytes) -> bytes:

@@ -34,8 +34,11 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", marker)
     options = parse_options(config)
     problem = adb_port_problem()
-    if options.devices and problem:
+    if problem and options.devices:
         raise pytest.UsageError(problem)
+    if problem:  # adbutils was imported with it hidden (harness.adb_env): its default client took 5037
+        config.issue_config_time_warning(
+            pytest.PytestConfigWarning(f"{problem}; adbutils' default client uses port 5037"), stacklevel=2)
     _check_files(options)
     config.stash[OPTIONS_KEY] = options
     config.stash[SESSIONS_KEY] = {}
