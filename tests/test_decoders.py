@@ -30,6 +30,7 @@ from scapy.layers.dns import DNS, DNSQR, DNSRR, dns_compress
 from harness.analyzer.decoders import UnitResult, analyze_unit, analyze_units
 from harness.analyzer.matcher import Matcher
 from harness.analyzer.model import Flow, StreamUnit
+from harness.analyzer.websocket import FrameTracker
 from harness.identifiers import IdentifierSet, Kind
 
 IMEI = "490154203237518"
@@ -52,7 +53,10 @@ def unit(data: bytes, proto: str = "tcp", dport: int = 80, from_client: bool = T
 
 
 def run(data: bytes, **kw: object) -> UnitResult:
-    return analyze_unit(unit(data, **kw), MATCHER)  # type: ignore[arg-type]
+    """One unit as the analyzer sees it (a ws:// handshake at its start marked, as analyze() does)."""
+    made = unit(data, **kw)  # type: ignore[arg-type]
+    FrameTracker().mark(made)
+    return analyze_unit(made, MATCHER)
 
 
 def where(result: UnitResult) -> dict[tuple[str, int | None], tuple[str, ...]]:

@@ -371,6 +371,30 @@ def test_golden_negative(transport: str, tmp_path: Path) -> None:
     assert plain == []
 
 
+def test_websocket_messages_past_the_first_window(tmp_path: Path) -> None:
+    """A long-lived ws:// channel: 1.5 MiB of messages, then one with the IMEI. The flow layer cuts
+    the stream into 1 MiB windows; the frames of the later one are found from where the earlier
+    one's last frame ends."""
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import AcceptConnection, BytesMessage, Request
+
+    client, server = WSConnection(ConnectionType.CLIENT), WSConnection(ConnectionType.SERVER)
+    hello = client.send(Request(host="push.example.com", target="/channel"))
+    server.receive_data(hello)
+    next(server.events())
+    client.receive_data(server.send(AcceptConnection()))
+    next(client.events())
+    noise = random.Random(5)
+    stream = hello + b"".join(client.send(BytesMessage(noise.randbytes(16_000))) for _ in range(100))
+    stream += client.send(BytesMessage(_doc("imei", IDS["imei"][0])))
+    cap = Capture()
+    frames = cap.tcp(41900, 80, stream, segments=len(stream) // 1400 + 1, shuffle=False)
+    report = analyze_capture(cap.write(tmp_path / "long-ws.pcap"), IDS)
+    found = [f for f in report.findings if f.identifier == "imei"]
+    assert [f.encoding for f in found] == [["websocket", "plain"]]
+    assert max(found[0].frames) == max(frames)
+
+
 def test_golden_2019_incident(tmp_path: Path) -> None:
     """The Nokia 7 Plus capture: DNS, then POST / of Base64 (76 columns) JSON, over several segments."""
     ids = IDS

@@ -264,6 +264,7 @@ def analyze(capture: Path | str, identifiers: IdentifierSet | None = None, *, gu
     from harness.analyzer.coap_blocks import BlockAssembler
     from harness.analyzer.reader import open_capture
     from harness.analyzer.report import Redactor
+    from harness.analyzer.websocket import FrameTracker
     from harness.policy.catalog import load_catalog
 
     ids = merged_identifiers(identifiers, profile)
@@ -271,11 +272,12 @@ def analyze(capture: Path | str, identifiers: IdentifierSet | None = None, *, gu
     matcher = _matcher(ids, guess, canary)
     collector = _Collector()
     stream = open_capture(Path(capture), list(exclude))
-    blocks = BlockAssembler()
+    blocks, frames = BlockAssembler(), FrameTracker()
     try:
         batch: list[StreamUnit] = []
         size = 0
         for unit in _with_joined_blocks(stream.units(), blocks):
+            frames.mark(unit)
             batch.append(unit)
             size += len(unit.data)
             if len(batch) >= BATCH_UNITS or size >= BATCH_BYTES:

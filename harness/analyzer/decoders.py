@@ -74,7 +74,7 @@ def analyze_units(units: Sequence[StreamUnit], matcher: Matcher) -> list[UnitRes
 
     HTTP is scanned as one raw piece first (its Host headers found by the same scan); only a
     unit where something was found, or whose bodies need framing undone (chunked, raw
-    deflate, WebSocket), is cut into request line, headers and bodies and scanned again, so that its hits
+    deflate), is cut into request line, headers and bodies and scanned again, so that its hits
     name their place. Everything the raw scan decodes the structured one decodes too.
     """
     results = [UnitResult() for _ in units]
@@ -211,15 +211,15 @@ class _Dissector:
             if self.coap():
                 return
         elif proto == "tcp":
+            if unit.ws_at >= 0:
+                self.websocket(unit.ws_at)
             if _looks_tls(data) and self.tls():
                 return
             if self.serves(DNS_PORTS) and not unit.gap_before and self.tcp_dns():
                 return
             self.http_candidate = bool(_REQUEST.match(data) or _STATUS.match(data) or b"HTTP/1." in data)
-            if self.http_candidate and not fast:
-                self.websocket()
-                if self.http():
-                    return
+            if self.http_candidate and not fast and self.http():
+                return
         self.add(0, len(data), (self.raw_location,))
 
     def contacts_from_landmarks(self, events: list[tuple[int, int]]) -> None:
@@ -345,12 +345,9 @@ class _Dissector:
 
     # --- WebSocket --------------------------------------------------------------------------
 
-    def websocket(self) -> None:
-        """The messages of a ws:// connection after its handshake, unmasked (and inflated)."""
+    def websocket(self, start: int) -> None:
+        """The messages of a ws:// connection from data[start], unmasked (and inflated)."""
         data = self.unit.data
-        start = websocket.frames_start(data)
-        if start < 0:
-            return
         inflater: Any = zlib.decompressobj(-15)  # one per direction: messages share the LZ77 window
         for message in websocket.messages(data, start):
             chain: tuple[str, ...] = (Encoding.WEBSOCKET,)

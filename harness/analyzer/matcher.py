@@ -145,7 +145,7 @@ TRIGGER_PATTERNS: dict[Trigger, bytes] = {
     Trigger.GUESS_MAC_KEYED: rb"(?:mac|bssid|addr)[\w\"' ]{0,24}[:=][\"' ]{0,3}[0-9A-Fa-f]{12}",
     Trigger.HTTP_HOST: rb"\nhost:",  # RFC 9112: no space before the colon
     Trigger.HTTP_ABSOLUTE: rb"[A-Z] http|CONNECT ",  # a proxy's absolute target, a tunnel's authority
-    Trigger.HTTP_FRAMING: rb"\ntransfer-encoding:|\ncontent-encoding: ?deflate|\nupgrade: ?websocket",
+    Trigger.HTTP_FRAMING: rb"\ntransfer-encoding:|\ncontent-encoding: ?deflate",
 }
 _CASELESS_TRIGGERS = frozenset({Trigger.GUESS_MAC_KEYED, Trigger.HTTP_HOST, Trigger.HTTP_FRAMING})
 GUESS_TRIGGERS = frozenset({Trigger.DIGITS, Trigger.GUESS_MAC, Trigger.GUESS_MAC_KEYED})

@@ -141,6 +141,7 @@ class StreamUnit:
     tls_elided: int = 0  # bytes of TLS application-data records left out (encrypted, not scanned)
     app: str | None = None  # the sending app, where the capture says (PCAPdroid trailer, comments)
     location: str | None = None  # set when `data` is one protocol field already (a CoAP body joined from its blocks)
+    ws_at: int = -1  # where WebSocket frames start in `data` (websocket.FrameTracker), -1: none
 
     def frames_between(self, start: int, end: int) -> list[int]:
         """The frames that carried data[start:end]."""

@@ -7,8 +7,9 @@ response) are parsed; each message's fragments are unmasked and joined. permessa
 (RFC 7692) messages are inflated with one inflater per direction (messages share its window),
 a new one after a message that ends its deflate stream; the dissector owns the decode budget.
 
-Only frames that follow the handshake in the same unit are read (a connection's first window,
-1 MiB per direction): a frame chain cannot be found reliably from the middle of a stream.
+`FrameTracker` finds the handshake at the start of each direction and carries where the next
+frame starts from one unit to the next (a long connection is cut into 1 MiB windows), so every
+window's frames are read; it loses a direction at a gap (lost bytes: no frame boundary is known).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+
+from harness.analyzer.model import Flow, StreamUnit
 
 _UPGRADE = re.compile(rb"\nupgrade:[ \t]*websocket[ \t]*\r?\n", re.IGNORECASE)
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
@@ -36,14 +39,72 @@ class Message:
     final: bool  # its last frame (FIN) was seen: not cut by the end of the unit or a bad frame
 
 
+HEAD_MAX = 8192  # an Upgrade request or 101 response is in a direction's first bytes
+
+
 def frames_start(data: bytes) -> int:
-    """Where the frames begin: after the head of a message with `Upgrade: websocket`; -1 if none.
-    (Called only for units where the scan saw that header: a regex over every HTTP unit costs.)"""
-    upgrade = _UPGRADE.search(data)
+    """Where the frames begin: after a handshake (an HTTP head with `Upgrade: websocket`) at the
+    start of `data`; -1 if none."""
+    if not (data.startswith(b"GET ") or data.startswith(b"HTTP/1.")):
+        return -1
+    head = data[:HEAD_MAX]
+    upgrade = _UPGRADE.search(head)
     if upgrade is None:
         return -1
-    end = _HEAD_END.search(data, upgrade.start())
+    end = _HEAD_END.search(head, upgrade.start())
     return -1 if end is None else end.end()
+
+
+def chain_end(data: bytes, pos: int) -> int:
+    """Where the frame after the last one starting in data[pos:] begins (beyond the end when that
+    frame is cut), or -1 when something there is not a frame."""
+    size = len(data)
+    while pos < size:
+        if pos + 2 > size:
+            return -1  # a header cut in two: the next unit cannot say where it ends
+        b0, b1 = data[pos], data[pos + 1]
+        opcode = b0 & 0x0F
+        if b0 & 0x30 or opcode not in _OPCODES:
+            return -1
+        length = b1 & 0x7F
+        head = pos + 2 + (2 if length == 126 else 8 if length == 127 else 0) + (4 if b1 & 0x80 else 0)
+        if head > size:
+            return -1
+        if length == 126:
+            length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        elif length == 127:
+            length = int.from_bytes(data[pos + 2 : pos + 10], "big")
+        pos = head + length
+    return pos
+
+
+class FrameTracker:
+    """Feed it every unit in capture order: it sets `unit.ws_at` where frames start in the unit."""
+
+    def __init__(self) -> None:
+        self._next: dict[tuple[Flow, bool], int] = {}  # stream offset of each direction's next frame
+
+    def mark(self, unit: StreamUnit) -> None:
+        if unit.flow.proto != "tcp":
+            return
+        key = (unit.flow, unit.from_client)
+        at = self._next.get(key)
+        if at is None:
+            if unit.stream_offset or unit.gap_before:
+                return
+            at = frames_start(unit.data)
+            if at < 0:
+                return
+        rel = at - unit.stream_offset
+        if unit.gap_before or not 0 <= rel <= len(unit.data):
+            del self._next[key]  # lost bytes: where frames start is no longer known
+            return
+        unit.ws_at = rel
+        end = chain_end(unit.data, rel)
+        if end < 0:
+            self._next.pop(key, None)
+        else:
+            self._next[key] = unit.stream_offset + end
 
 
 def messages(data: bytes, pos: int) -> Iterator[Message]:
