@@ -11,6 +11,7 @@ import pytest
 from analyze_kit import (
     IDS,
     PHONE,
+    ROOT,
     SERIAL,
     adb_packets,
     canary_packets,
@@ -362,3 +363,12 @@ def test_redactor_masks_every_form_but_not_bare_short_numbers() -> None:
     assert redactor.text("frames 4711") == "frames 4711"
     assert redactor.text('{"cid": 4711}') == '{"cid": ‹cell_id›}'
     assert redactor.value({"a": [f"x{IDS['imei'][0][:14]}y", 4711]}) == {"a": ["x‹imei[1]›y", 4711]}
+
+
+def test_readme_documents_every_rule_and_encoding_value() -> None:
+    """README's enumeration is the one users read: every value the findings can hold is in it."""
+    from harness.analyzer.model import Encoding, Rule
+
+    readme = (ROOT / "README.md").read_text()
+    missing = [value for value in [*map(str, Rule), *map(str, Encoding)] if f"`{value}`" not in readme]
+    assert missing == []

@@ -16,7 +16,7 @@ from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from harness.analyzer.model import (
     BlindWindow,
@@ -34,7 +34,6 @@ from harness.analyzer.model import (
 from harness.identifiers import IdentifierSet, Kind, mask
 
 if TYPE_CHECKING:
-    from harness.analyzer.coap_blocks import BlockAssembler
     from harness.analyzer.matcher import Matcher
     from harness.policy.catalog import Catalog
     from harness.policy.policy import Destination
@@ -75,6 +74,14 @@ class _Plain:
     frames: list[int]
     time: float
     app: str | None
+
+
+class Assembler(Protocol):
+    """Joins a field that several datagrams carry (coap_blocks, quic): units in, joined units out."""
+
+    def feed(self, unit: StreamUnit) -> Iterable[StreamUnit]: ...
+
+    def finish(self) -> Iterable[StreamUnit]: ...
 
 
 @dataclass(slots=True)
@@ -262,6 +269,7 @@ def analyze(capture: Path | str, identifiers: IdentifierSet | None = None, *, gu
     """
     from harness.analyzer.addresses import address_findings
     from harness.analyzer.coap_blocks import BlockAssembler
+    from harness.analyzer.quic import InitialAssembler
     from harness.analyzer.reader import open_capture
     from harness.analyzer.report import Redactor
     from harness.analyzer.websocket import FrameTracker
@@ -272,11 +280,11 @@ def analyze(capture: Path | str, identifiers: IdentifierSet | None = None, *, gu
     matcher = _matcher(ids, guess, canary)
     collector = _Collector()
     stream = open_capture(Path(capture), list(exclude))
-    blocks, frames = BlockAssembler(), FrameTracker()
+    frames = FrameTracker()
     try:
         batch: list[StreamUnit] = []
         size = 0
-        for unit in _with_joined_blocks(stream.units(), blocks):
+        for unit in _with_joined(stream.units(), (BlockAssembler(), InitialAssembler())):
             frames.mark(unit)
             batch.append(unit)
             size += len(unit.data)
@@ -323,12 +331,15 @@ def analyze(capture: Path | str, identifiers: IdentifierSet | None = None, *, gu
                   destinations=_destination_summary(destinations))
 
 
-def _with_joined_blocks(units: Iterable[StreamUnit], blocks: BlockAssembler) -> Iterator[StreamUnit]:
-    """The capture's units, each followed by the CoAP body it completed (if it did)."""
+def _with_joined(units: Iterable[StreamUnit], assemblers: Sequence[Assembler]) -> Iterator[StreamUnit]:
+    """The capture's units, each followed by what it completed of a field spread over several
+    datagrams (a CoAP body, a QUIC ClientHello)."""
     for unit in units:
         yield unit
-        yield from blocks.feed(unit)
-    yield from blocks.finish()
+        for assembler in assemblers:
+            yield from assembler.feed(unit)
+    for assembler in assemblers:
+        yield from assembler.finish()
 
 
 _MATCHERS = threading.local()

@@ -8,8 +8,9 @@ strictly with URI options); anything else is one raw piece. Each piece keeps whe
 unit (`Hit.start/end` are offsets into `unit.data`) and its location in the encoding chain
 (`http-body`, `dns-qname`...). `unwrap` then scans the pieces and everything decoded from them.
 
-Host attribution (`Contact`): DNS question names, TLS ClientHello SNI, HTTP `Host` (or an
-absolute request target), CoAP Uri-Host; DNS answers give name -> addresses, CNAMEs followed.
+Host attribution (`Contact`): DNS question names, TLS ClientHello SNI (over TCP, and QUIC's from
+its Initial packets, see quic.py), HTTP `Host` (or an absolute request target), CoAP Uri-Host;
+DNS answers give name -> addresses, CNAMEs followed.
 """
 
 from __future__ import annotations
@@ -200,6 +201,9 @@ class _Dissector:
         """Cut the unit into pieces; with `fast`, leave HTTP as one raw piece (see analyze_units)."""
         unit, data = self.unit, self.unit.data
         if not data:
+            return
+        if unit.location == Encoding.QUIC_INITIAL:
+            self.quic_hello()
             return
         if unit.location is not None:  # already one protocol field (a CoAP body from its blocks)
             self.add(0, len(data), (unit.location,))
@@ -522,6 +526,16 @@ class _Dissector:
         if pos < len(data):
             self.add(pos, len(data), (self.raw_location,))
         return True
+
+    def quic_hello(self) -> None:
+        """A QUIC client's CRYPTO stream (quic.InitialAssembler): its SNI names the flow."""
+        data = self.unit.data
+        sni = _client_hello_sni(data)
+        if sni is not None:
+            offset, name = sni
+            self.add(offset, offset + len(name), (Encoding.QUIC_INITIAL, Encoding.TLS_SNI), None, DNS_NAME)
+            self.contact(name.decode("latin-1"), "quic-sni", offset)
+        self.add(0, len(data), (Encoding.QUIC_INITIAL,))
 
     # --- CoAP -------------------------------------------------------------------------------
 

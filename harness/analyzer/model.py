@@ -68,6 +68,7 @@ class Encoding(StrEnum):
     COAP_PAYLOAD = "coap-payload"
     WEBSOCKET = "websocket"  # a ws:// message, unmasked
     IPV6_ADDRESS = "ipv6-address"  # the phone's own address, in every packet's header
+    QUIC_INITIAL = "quic-initial"  # a QUIC client's ClientHello, from Initial packets anyone can decrypt
     # transforms
     PLAIN = "plain"
     URL = "url"
@@ -140,7 +141,7 @@ class StreamUnit:
     stream_offset: int = 0  # where data[0] stands in this direction's whole stream
     tls_elided: int = 0  # bytes of TLS application-data records left out (encrypted, not scanned)
     app: str | None = None  # the sending app, where the capture says (PCAPdroid trailer, comments)
-    location: str | None = None  # set when `data` is one protocol field already (a CoAP body joined from its blocks)
+    location: str | None = None  # set when `data` is one field joined from several packets (CoAP blocks, QUIC CRYPTO)
     ws_at: int = -1  # where WebSocket frames start in `data` (websocket.FrameTracker), -1: none
 
     def frames_between(self, start: int, end: int) -> list[int]:

@@ -59,7 +59,7 @@ LOCATIONS = frozenset({
     Encoding.TCP_PAYLOAD, Encoding.UDP_PAYLOAD, Encoding.IP_PAYLOAD, Encoding.HTTP_REQUEST_LINE,
     Encoding.HTTP_HEADER, Encoding.HTTP_BODY, Encoding.HTTP_CHUNKED, Encoding.DNS_QNAME,
     Encoding.DNS_ANSWER, Encoding.TLS_SNI, Encoding.TLS_HANDSHAKE, Encoding.COAP_URI,
-    Encoding.COAP_PAYLOAD, Encoding.WEBSOCKET,
+    Encoding.COAP_PAYLOAD, Encoding.WEBSOCKET, Encoding.QUIC_INITIAL,
 })
 
 _B64_RUN = re.compile(rb"[A-Za-z0-9+/_\-]+={0,2}")
