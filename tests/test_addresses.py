@@ -15,7 +15,7 @@ from typing import Any
 
 from analyze_kit import IDS, run_cli, write_ids
 from scapy.layers.inet import TCP
-from scapy.layers.inet6 import IPv6
+from scapy.layers.inet6 import ICMPv6ND_NS, IPv6
 from scapy.layers.l2 import Ether
 from scapy.utils import wrpcap
 
@@ -80,6 +80,24 @@ def test_reports_never_show_the_mac_derived_address(tmp_path: Path) -> None:
     for text in (out.read_text(), done.stdout, done.stderr):
         assert PHONE_EUI64 not in text and PHONE_EUI64.split(":", 4)[4] not in text
     assert json.loads(out.read_text())["findings"][0]["encoding"] == ["ipv6-address", "eui64"]
+
+
+def test_neighbour_discovery_stays_on_the_link(tmp_path: Path) -> None:
+    solicit = Ether(src=MAC, dst="33:33:ff:00:00:01") / IPv6(src=PHONE_EUI64, dst="ff02::1:ff00:1") \
+        / ICMPv6ND_NS(tgt="2001:db8:1:2::1")
+    solicit.time = sample.START
+    report = analyze(_write(tmp_path / "nd.pcap", [solicit, *_flow(PHONE_PRIVATE, 40007)]),
+                     IdentifierSet.from_mapping(IDS, "test"))
+    assert [f for f in report.findings if f.identifier == "wifi_mac"] == []
+
+
+def test_the_report_itself_never_holds_the_address(tmp_path: Path) -> None:
+    """The gate writes `report.to_json()` as it is: every finding on the flow carries its `src`."""
+    packets = _flow(PHONE_EUI64, 40008, payload=b"imei=" + IDS["imei"][0].encode())
+    report = analyze(_write(tmp_path / "v6.pcap", packets), IdentifierSet.from_mapping(IDS, "test"))
+    assert {f.identifier for f in report.findings} == {"wifi_mac", "imei"}
+    text = json.dumps(report.to_json())
+    assert PHONE_EUI64 not in text and PHONE_EUI64.split(":", 4)[4] not in text
 
 
 def test_the_interface_id_here_is_what_the_kernel_forms(netns_available: None) -> None:

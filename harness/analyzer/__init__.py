@@ -328,7 +328,7 @@ def analyze(capture: Path | str, identifiers: IdentifierSet | None = None, *, gu
     summary.path = redactor.text(summary.path)
     return Report(status=status, reasons=[redactor.text(r) for r in reasons], capture=summary,
                   coverage=coverage or coverage_of(identifiers, profile), findings=findings, notes=notes,
-                  destinations=_destination_summary(destinations))
+                  destinations=redactor.value(_destination_summary(destinations)))
 
 
 def _with_joined(units: Iterable[StreamUnit], assemblers: Sequence[Assembler]) -> Iterator[StreamUnit]:

@@ -24,6 +24,15 @@ def eui64(mac: str) -> int:
     return int.from_bytes(bytes([octets[0] ^ 0x02]) + octets[1:3] + b"\xff\xfe" + octets[3:6], "big")
 
 
+def _global(address: str) -> ipaddress.IPv6Address | None:
+    """An IPv6 address a router forwards (not link-local, not multicast); None otherwise, and for IPv4."""
+    try:
+        ip = ipaddress.IPv6Address(address)
+    except ValueError:
+        return None
+    return None if ip.is_link_local or ip.is_multicast else ip
+
+
 def address_findings(flows: Iterable[tuple[Flow, int, float | None]], identifiers: IdentifierSet | None,
                      host_of: Callable[[Flow, int, float | None], str | None]) -> list[Finding]:
     """One finding per (MAC, address) for addresses of (flow, first frame, first time) that embed a
@@ -37,15 +46,10 @@ def address_findings(flows: Iterable[tuple[Flow, int, float | None]], identifier
         return []
     firsts: dict[tuple[Kind, str, str], tuple[Flow, int, float | None, int]] = {}
     for flow, frame, time in sorted(flows, key=lambda f: f[1]):
-        for address in (flow.src, flow.dst):
-            if ":" not in address:
-                continue
-            try:
-                ip = ipaddress.IPv6Address(address)
-            except ValueError:
-                continue
-            if ip.is_link_local or ip.is_multicast:
-                continue
+        src, dst = _global(flow.src), _global(flow.dst)
+        if src is None or dst is None:  # IPv4; neighbour discovery, multicast: never leaves the link
+            continue
+        for address, ip in ((flow.src, src), (flow.dst, dst)):
             match = wanted.get(int(ip) & 0xFFFF_FFFF_FFFF_FFFF)
             if match is not None:
                 key = (match[0], match[1], address)

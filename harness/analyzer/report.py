@@ -86,6 +86,8 @@ class Redactor:
     def finding(self, finding: Finding) -> None:
         """Redact a finding's free-text fields in place."""
         finding.host = self.text(finding.host) if finding.host else finding.host
+        finding.src = self.text(finding.src) if finding.src else finding.src  # an address made from the MAC
+        finding.dst = self.text(finding.dst) if finding.dst else finding.dst
         finding.evidence = self.text(finding.evidence)
         finding.app = self.text(finding.app) if finding.app else finding.app
         finding.detail = self.value(finding.detail)
