@@ -15,6 +15,7 @@ import random
 import ssl
 import struct
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,7 @@ from scapy.layers.dns import DNS, DNSQR, DNSRR, dns_compress
 from harness.analyzer.decoders import UnitResult, analyze_unit, analyze_units
 from harness.analyzer.matcher import Matcher
 from harness.analyzer.model import Flow, StreamUnit
-from harness.analyzer.websocket import FrameTracker
+from harness.analyzer.websocket import WebSocketReader
 from harness.identifiers import IdentifierSet, Kind
 
 IMEI = "490154203237518"
@@ -53,10 +54,7 @@ def unit(data: bytes, proto: str = "tcp", dport: int = 80, from_client: bool = T
 
 
 def run(data: bytes, **kw: object) -> UnitResult:
-    """One unit as the analyzer sees it (a ws:// handshake at its start marked, as analyze() does)."""
-    made = unit(data, **kw)  # type: ignore[arg-type]
-    FrameTracker().mark(made)
-    return analyze_unit(made, MATCHER)
+    return analyze_unit(unit(data, **kw), MATCHER)  # type: ignore[arg-type]
 
 
 def where(result: UnitResult) -> dict[tuple[str, int | None], tuple[str, ...]]:
@@ -429,13 +427,79 @@ def _websocket(payloads: list[bytes]) -> tuple[bytes, bytes]:
     return up, down
 
 
+def run_ws(stream: bytes, *, from_client: bool = True, cuts: Sequence[int] = (), overlap: int = 0) -> UnitResult:
+    """A TCP direction as the flow layer gives it (windows ending at `cuts`, each starting `overlap`
+    bytes before the last one ended) through the WebSocket reader: the hits of every unit."""
+    reader = WebSocketReader()
+    units: list[StreamUnit] = []
+    start = 0
+    for number, end in enumerate([*cuts, len(stream)], 1):
+        offset = max(0, start - overlap)
+        window = StreamUnit(Flow("tcp", "10.0.0.2", 40000, "42.99.2.15", 80), from_client, stream[offset:end], [0],
+                            [number], [float(number)], stream_offset=offset)
+        units += [window, *reader.feed(window)]
+        start = end
+    merged = UnitResult()
+    for result in analyze_units(units, MATCHER):
+        merged.hits += result.hits
+    return merged
+
+
 def test_websocket_messages_both_ways() -> None:
     up, down = _websocket([b'{"op":"hello"}', BODY])
     assert IMEI.encode() not in up and IMEI.encode() not in down  # masked / compressed on the wire
-    assert where(run(up))[("imei", 1)] == ("websocket", "deflate", "json")
-    assert where(run(down, from_client=False))[("imei", 1)] == ("websocket", "deflate", "json")
-    cut = run(up[: len(up) - 10])  # the capture ends inside the message: what there is, no error
-    assert all(0 <= h.start <= h.end <= len(up) for h in cut.hits)
+    assert where(run_ws(up))[("imei", 1)] == ("websocket", "deflate", "json")
+    assert where(run_ws(down, from_client=False))[("imei", 1)] == ("websocket", "deflate", "json")
+
+
+def test_websocket_messages_across_windows_wherever_they_are_cut() -> None:
+    """Frames and messages (fragmented, compressed with a shared window) that windows cut anywhere:
+    in a header, in a payload, in a frame longer than a window."""
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import AcceptConnection, BytesMessage, Request
+    from wsproto.extensions import PerMessageDeflate
+
+    for deflate in (False, True):
+        client, server = WSConnection(ConnectionType.CLIENT), WSConnection(ConnectionType.SERVER)
+        extensions = [PerMessageDeflate()] if deflate else []
+        stream = client.send(Request(host="push.example.com", target="/ws", extensions=extensions))
+        server.receive_data(stream)
+        next(server.events())
+        client.receive_data(server.send(AcceptConnection(extensions=[PerMessageDeflate()] if deflate else [])))
+        next(client.events())
+        noise = random.Random(11)
+        for _ in range(3):
+            stream += client.send(BytesMessage(noise.randbytes(300)))
+        stream += client.send(BytesMessage(noise.randbytes(40), message_finished=False))
+        stream += client.send(BytesMessage(BODY[:50], message_finished=False))  # fragments, IMEI in the next
+        stream += client.send(BytesMessage(BODY[50:]))
+        stream += client.send(BytesMessage(noise.randbytes(5000)))  # longer than a window below
+        stream += client.send(BytesMessage(BODY))
+        head = stream.index(b"\r\n\r\n") + 4
+        for cut in range(head + 1, len(stream) - 1, 37):
+            found = {h.kind for h in run_ws(stream, cuts=[cut, min(cut + 2000, len(stream) - 1)], overlap=64).hits}
+            assert "imei" in found and "iccid" in found, (deflate, cut)
+
+
+def test_a_conflicting_retransmission_does_not_lose_the_channel() -> None:
+    """The flow layer hands a retransmission that disagrees with what it kept on as a unit of its
+    own (`extra`), ahead of the window it belongs to: the reader goes on with the main run."""
+    stream = WS_UPGRADE + _ws_frame(b"z" * 3000) + _ws_frame(BODY)
+    flow = Flow("tcp", "10.0.0.2", 40000, "42.99.2.15", 80)
+    reader = WebSocketReader()
+    first = StreamUnit(flow, True, stream[:1000], [0], [1], [1.0])
+    conflict = StreamUnit(flow, True, bytes(500), [0], [3], [3.0], True, 2000, extra=True)
+    rest = StreamUnit(flow, True, stream[900:], [0], [2], [2.0], stream_offset=900)
+    units = [first, *reader.feed(first), conflict, *reader.feed(conflict), rest, *reader.feed(rest)]
+    assert any(h.kind == "imei" for r in analyze_units(units, MATCHER) for h in r.hits)
+
+
+def test_a_tiny_frame_flood_costs_a_bounded_time_per_byte() -> None:
+    """1 MiB of masked one-byte messages: linear, and one scanned unit, not one per message."""
+    frame = _ws_frame(b"x")
+    stream = WS_UPGRADE + frame * ((1 << 20) // len(frame))
+    window = StreamUnit(Flow("tcp", "10.0.0.2", 40000, "42.99.2.15", 80), True, stream, [0], [1], [1.0])
+    assert len(list(WebSocketReader().feed(window))) == 1
 
 
 def _ws_frame(payload: bytes, *, opcode: int = 2, fin: bool = True, rsv1: bool = False) -> bytes:
@@ -451,6 +515,7 @@ def _ws_frame(payload: bytes, *, opcode: int = 2, fin: bool = True, rsv1: bool =
 
 
 WS_UPGRADE = _websocket([])[0]
+WS_STREAM = _websocket([BODY, base64.b64encode(BODY), b"x" * 300])[0]
 
 
 def test_websocket_inflation_survives_what_senders_and_captures_do() -> None:
@@ -462,17 +527,27 @@ def test_websocket_inflation_survives_what_senders_and_captures_do() -> None:
     # a sender that ends each message's deflate stream (BFINAL): the next message starts anew
     ended = WS_UPGRADE + _ws_frame(deflated(b'{"op":"hello"}', True), rsv1=True) \
         + _ws_frame(deflated(BODY, True), rsv1=True)
-    assert where(run(ended))[("imei", 1)] == ("websocket", "deflate", "json")
+    assert where(run_ws(ended))[("imei", 1)] == ("websocket", "deflate", "json")
     # the capture ends inside a compressed message: what inflated before the cut is scanned
     cut = WS_UPGRADE + _ws_frame(deflated(BODY + random.Random(7).randbytes(4000), False), rsv1=True)
-    assert where(run(cut[:-200]))[("imei", 1)] == ("websocket", "deflate", "json")
+    assert where(run_ws(cut[:-200]))[("imei", 1)] == ("websocket", "deflate", "json")
     # a first fragment, then bytes that are no frame: the fragment is still read
     broken = WS_UPGRADE + _ws_frame(BODY, fin=False) + b"\x80"
-    assert where(run(broken))[("imei", 1)] == ("websocket", "plain")
+    assert where(run_ws(broken))[("imei", 1)] == ("websocket", "plain")
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cut=st.integers(0, 2000), flips=st.lists(st.tuples(st.integers(0, 2000), st.integers(0, 255)), max_size=6),
+       windows=st.lists(st.integers(1, 2000), max_size=3))
+def test_mangled_websocket_streams_never_raise(cut: int, flips: list[tuple[int, int]], windows: list[int]) -> None:
+    data = bytearray(WS_STREAM[:cut] if cut < len(WS_STREAM) else WS_STREAM)
+    for at, value in flips:
+        if len(data) > len(WS_UPGRADE):
+            data[len(WS_UPGRADE) + at % (len(data) - len(WS_UPGRADE))] = value
+    run_ws(bytes(data), cuts=sorted({w for w in windows if w < len(data)}), overlap=16)
 
 
 SEEDS = [http_request(base64.b64encode(BODY), headers="Transfer-Encoding: chunked\r\n"),
-         _websocket([BODY, base64.b64encode(BODY)])[0],
          bytes(DNS(qr=1, qd=DNSQR(qname="a.b.example"), an=DNSRR(rrname="a.b.example", rdata="1.2.3.4"))),
          bytes(CoAP(type=0, code=2, msg_id=1, options=[("Uri-Host", b"h.example"), ("Uri-Path", b"p")]))
          + b"\xff" + BODY,

@@ -272,20 +272,19 @@ def analyze(capture: Path | str, identifiers: IdentifierSet | None = None, *, gu
     from harness.analyzer.quic import InitialAssembler
     from harness.analyzer.reader import open_capture
     from harness.analyzer.report import Redactor
-    from harness.analyzer.websocket import FrameTracker
+    from harness.analyzer.websocket import WebSocketReader
     from harness.policy.catalog import load_catalog
 
     ids = merged_identifiers(identifiers, profile)
     catalog = catalog or load_catalog()
-    matcher = _matcher(ids, guess, canary)
+    matcher = compiled_matcher(ids, guess, canary)
     collector = _Collector()
     stream = open_capture(Path(capture), list(exclude))
-    frames = FrameTracker()
+    websockets = WebSocketReader()
     try:
         batch: list[StreamUnit] = []
         size = 0
-        for unit in _with_joined(stream.units(), (BlockAssembler(), InitialAssembler())):
-            frames.mark(unit)
+        for unit in _with_joined(stream.units(), (BlockAssembler(), InitialAssembler(), websockets)):
             batch.append(unit)
             size += len(unit.data)
             if len(batch) >= BATCH_UNITS or size >= BATCH_BYTES:
@@ -299,6 +298,7 @@ def analyze(capture: Path | str, identifiers: IdentifierSet | None = None, *, gu
         if callable(close):
             close()
     collector.finish()
+    collector.undecoded += websockets.undecoded
     if attribution is not None:
         collector.attribute(flows, attribution)
     if canary is not None:
@@ -315,7 +315,8 @@ def analyze(capture: Path | str, identifiers: IdentifierSet | None = None, *, gu
     if summary.evicted_bytes:
         notes.append(f"{summary.evicted_bytes} bytes left reassembly windows unscanned (caps on per-flow memory)")
     if collector.undecoded:
-        notes.append(f"{collector.undecoded} encoded runs were not decoded: the per-unit decode budget ran out")
+        notes.append(f"{collector.undecoded} encoded runs or messages were not decoded (whole): a decode budget "
+                     "ran out, or a compressed WebSocket channel lost its window")
     reasons = _reasons(summary, canary, ids, profile)
     if not guess and (ids is None or not any(ids.known(kind) for kind in Kind)):
         reasons.append("no identifier to look for (none given, none in the profile, no --guess): "
@@ -333,7 +334,7 @@ def analyze(capture: Path | str, identifiers: IdentifierSet | None = None, *, gu
 
 def _with_joined(units: Iterable[StreamUnit], assemblers: Sequence[Assembler]) -> Iterator[StreamUnit]:
     """The capture's units, each followed by what it completed of a field spread over several
-    datagrams (a CoAP body, a QUIC ClientHello)."""
+    packets (a CoAP body, a QUIC ClientHello, WebSocket messages)."""
     for unit in units:
         yield unit
         for assembler in assemblers:
@@ -346,7 +347,7 @@ _MATCHERS = threading.local()
 _MATCHERS_KEPT = 4
 
 
-def _matcher(ids: IdentifierSet | None, guess: bool, canary: str | None) -> Matcher:
+def compiled_matcher(ids: IdentifierSet | None, guess: bool, canary: str | None) -> Matcher:
     """The gate analyses one phone's captures scenario after scenario: compile its patterns once.
 
     Kept per thread, because a hyperscan database's scratch space must not be shared by two

@@ -1,8 +1,7 @@
 """Protocol decoders: cut a unit into the pieces worth scanning, and note the host names it used.
 
 A unit (one direction of a flow: a UDP datagram or a reassembled TCP run) is recognised by its
-bytes first and its ports second: HTTP/1.x (request or status line; WebSocket messages after an
-Upgrade, see websocket.py), a TLS record stream, DNS
+bytes first and its ports second: HTTP/1.x (request or status line), a TLS record stream, DNS
 (UDP or TCP with length prefixes, on 53/5353/5355), CoAP (RFC 7252, on 5683 or when it parses
 strictly with URI options); anything else is one raw piece. Each piece keeps where it lies in the
 unit (`Hit.start/end` are offsets into `unit.data`) and its location in the encoding chain
@@ -18,13 +17,10 @@ from __future__ import annotations
 import re
 import socket
 import struct
-import zlib
 from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-from harness.analyzer import websocket
 from harness.analyzer.matcher import Matcher, Trigger
 from harness.analyzer.model import Contact, Encoding, Hit, StreamUnit
 from harness.analyzer.unwrap import (
@@ -205,8 +201,8 @@ class _Dissector:
         if unit.location == Encoding.QUIC_INITIAL:
             self.quic_hello()
             return
-        if unit.location is not None:  # already one protocol field (a CoAP body from its blocks)
-            self.add(0, len(data), (unit.location,))
+        if unit.location is not None:  # one field joined from several packets (coap_blocks, websocket)
+            self.add(0, len(data), (unit.location, *unit.steps))
             return
         proto = unit.flow.proto
         if proto == "udp":
@@ -215,8 +211,6 @@ class _Dissector:
             if self.coap():
                 return
         elif proto == "tcp":
-            if unit.ws_at >= 0:
-                self.websocket(unit.ws_at)
             if _looks_tls(data) and self.tls():
                 return
             if self.serves(DNS_PORTS) and not unit.gap_before and self.tcp_dns():
@@ -346,36 +340,6 @@ class _Dissector:
             self.pool[0] -= len(out)
             return out, step
         return None
-
-    # --- WebSocket --------------------------------------------------------------------------
-
-    def websocket(self, start: int) -> None:
-        """The messages of a ws:// connection from data[start], unmasked (and inflated)."""
-        data = self.unit.data
-        inflater: Any = zlib.decompressobj(-15)  # one per direction: messages share the LZ77 window
-        for message in websocket.messages(data, start):
-            chain: tuple[str, ...] = (Encoding.WEBSOCKET,)
-            payload = message.payload
-            if message.compressed:
-                limit = min(MAX_INFLATE, self.remaining(), self.pool[0])
-                if inflater is None or limit <= 0:
-                    self.result.undecoded += 1  # no budget, or the window was lost before this message
-                    inflater = None
-                else:
-                    out, whole = websocket.inflate_message(inflater, message, limit)
-                    self.budget -= len(out)
-                    self.pool[0] -= len(out)
-                    if not whole:
-                        self.result.undecoded += message.final
-                        inflater = None
-                    elif inflater.eof:  # the sender ended its deflate stream: the next one starts anew
-                        inflater = zlib.decompressobj(-15)
-                    if out:
-                        chain += (Encoding.DEFLATE,)
-                        payload = out
-                        if looks_json(out):
-                            chain += (Encoding.JSON,)
-            self.add(message.start, message.end, chain, payload)
 
     # --- DNS --------------------------------------------------------------------------------
 

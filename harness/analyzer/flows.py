@@ -1025,7 +1025,8 @@ class _Engine:
     def _extra(self, d: _Dir, data: bytes, ts: float, frame: int, offset: int) -> None:
         """A unit outside the direction's main run (conflicting retransmission, late hole filler)."""
         if data:
-            self.out.append(StreamUnit(d.flow, d.from_client, data, [0], [frame], [ts], True, offset, 0, d.conn.app))
+            self.out.append(StreamUnit(d.flow, d.from_client, data, [0], [frame], [ts], True, offset, 0, d.conn.app,
+                                       extra=True))
 
 
 def _tls_header(buf: Buffer, pos: int) -> bool:

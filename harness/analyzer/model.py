@@ -141,8 +141,9 @@ class StreamUnit:
     stream_offset: int = 0  # where data[0] stands in this direction's whole stream
     tls_elided: int = 0  # bytes of TLS application-data records left out (encrypted, not scanned)
     app: str | None = None  # the sending app, where the capture says (PCAPdroid trailer, comments)
-    location: str | None = None  # set when `data` is one field joined from several packets (CoAP blocks, QUIC CRYPTO)
-    ws_at: int = -1  # where WebSocket frames start in `data` (websocket.FrameTracker), -1: none
+    location: str | None = None  # set when `data` is one field joined from several packets (CoAP, QUIC, WebSocket)
+    steps: tuple[str, ...] = ()  # what was undone to make `data`, after `location` (a message inflated)
+    extra: bool = False  # outside its direction's main run (a conflicting retransmission, a late hole filler)
 
     def frames_between(self, start: int, end: int) -> list[int]:
         """The frames that carried data[start:end]."""

@@ -36,8 +36,13 @@ class Redactor:
             if value not in known:
                 known.append(value)
                 self._labels[(kind, value)] = f"{kind}(guess)"
-        # the portable scanner: outputs are short, and it needs no database compile (~0.1 s each)
-        self._matcher = Matcher(IdentifierSet(values), guess=False, canary=None, portable=True) if values else None
+        self._matcher: Matcher | None = None
+        if values and not self._labels:  # the phone's own identifiers: the analysis compiled them already
+            from harness.analyzer import compiled_matcher
+
+            self._matcher = compiled_matcher(IdentifierSet(values), False, None)
+        elif values:  # guesses differ from capture to capture: no database compile (~0.1 s) for them
+            self._matcher = Matcher(IdentifierSet(values), guess=False, canary=None, portable=True)
 
     def text(self, text: str) -> str:
         if self._matcher is None or not text:

@@ -429,6 +429,8 @@ class Unwrapper:
             return start + 1  # (printable, NUL) pairs from one byte earlier: read as UTF-16LE
         match = (_U16BE_RUN if big_endian else _U16LE_RUN).match(buf, start)
         assert match is not None
+        if big_endian and buf[match.end() : match.end() + 1] == b"\x00":
+            return match.end()  # UTF-16LE after a NUL (a separator's, a length's): its LE trigger reads it
         text = match.group()
         data = text[1::2] if big_endian else text[0::2]
         base = layer.starts[index]
