@@ -481,6 +481,32 @@ def test_websocket_messages_across_windows_wherever_they_are_cut() -> None:
             assert "imei" in found and "iccid" in found, (deflate, cut)
 
 
+def test_websocket_edges_real_streams_have() -> None:
+    secret = json.dumps({"IMEI1": IMEI}).encode()
+    # a ping with the IMEI, cut by a window: joined before it is scanned
+    ping = WS_UPGRADE + _ws_frame(b"x" * 40) + _ws_frame(secret, opcode=9)
+    cut = len(WS_UPGRADE) + len(_ws_frame(b"x" * 40)) + 2 + 4 + 14  # header, key, then into the IMEI
+    assert "imei" in {h.kind for h in run_ws(ping, cuts=[cut], overlap=0).hits}
+    # a message left unfinished when the next one starts: what there was of it is read
+    unfinished = WS_UPGRADE + _ws_frame(secret, fin=False) + _ws_frame(b"next message")
+    assert "imei" in {h.kind for h in run_ws(unfinished).hits}
+    # the same 4-tuple reused by a new connection: its handshake starts a new stream
+    flow = Flow("tcp", "10.0.0.2", 40000, "42.99.2.15", 80)
+    reader = WebSocketReader()
+    first = StreamUnit(flow, True, WS_UPGRADE + _ws_frame(b"hello"), [0], [1], [1.0])
+    second = StreamUnit(flow, True, WS_UPGRADE + _ws_frame(secret), [0], [2], [2.0])
+    units = [first, *reader.feed(first), second, *reader.feed(second)]
+    assert any(h.kind == "imei" for r in analyze_units(units, MATCHER) for h in r.hits)
+    # the frame named is the one that carried the identifier, not the message's last
+    message = _ws_frame(secret + b"y" * 300)
+    stream = WS_UPGRADE + message
+    at = len(WS_UPGRADE)
+    window = StreamUnit(flow, True, stream, [0, at, at + 100, at + 200], [1, 2, 3, 4], [1.0, 2.0, 3.0, 4.0])
+    (joined,) = WebSocketReader().feed(window)
+    hit = next(h for h in analyze_units([joined], MATCHER)[0].hits if h.kind == "imei")
+    assert joined.frames_between(hit.start, hit.end) == [2]
+
+
 def test_a_conflicting_retransmission_does_not_lose_the_channel() -> None:
     """The flow layer hands a retransmission that disagrees with what it kept on as a unit of its
     own (`extra`), ahead of the window it belongs to: the reader goes on with the main run."""

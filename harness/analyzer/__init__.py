@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from harness.analyzer.model import (
+    LOCATIONS,
     BlindWindow,
     CanaryResult,
     CaptureSummary,
@@ -96,7 +97,7 @@ class _Collector:
     answer_flows: dict[str, tuple[Flow, int, float]] = field(default_factory=dict)  # name -> first answer
     apps: dict[Flow, str] = field(default_factory=dict)
     undecoded: int = 0
-    reported: set[tuple[object, ...]] = field(default_factory=set)  # (flow, direction, identifier, encoding)
+    reported: set[tuple[object, ...]] = field(default_factory=set)  # (flow, direction, identifier, transforms)
 
     def feed(self, unit: StreamUnit, hits: list[Hit], contacts: list[Contact],
              dns_answers: dict[str, set[str]], undecoded: int) -> None:
@@ -109,11 +110,13 @@ class _Collector:
             if hit.kind == "canary":
                 self.canary_frames.update(frames)
                 continue
-            what = (flow, unit.from_client, hit.kind, hit.slot, hit.value, hit.encoding)
+            what = (flow, unit.from_client, hit.kind, hit.slot, hit.value,
+                    tuple(step for step in hit.encoding if step not in LOCATIONS))
             if unit.location is not None and what in self.reported:
-                continue  # a body joined from blocks: what one block showed was reported from it
+                continue  # joined from several packets: what the packets showed was reported from them
             self.reported.add(what)
-            key = (*what, unit.stream_offset + hit.start)
+            key = (flow, unit.from_client, hit.kind, hit.slot, hit.value, hit.encoding,
+                   unit.stream_offset + hit.start)
             if key not in self.plain:
                 time = unit.time_at(hit.start) if unit.times else 0.0
                 self.plain[key] = _Plain(hit, flow, frames, time, unit.app)

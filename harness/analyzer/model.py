@@ -102,6 +102,15 @@ class Encoding(StrEnum):
     EUI64 = "eui64"  # a MAC as an IPv6 interface ID (U/L bit flipped, ff:fe inserted)
 
 
+# the Encoding values that name a place in the traffic (the rest are transforms)
+LOCATIONS = frozenset({
+    Encoding.TCP_PAYLOAD, Encoding.UDP_PAYLOAD, Encoding.IP_PAYLOAD, Encoding.HTTP_REQUEST_LINE,
+    Encoding.HTTP_HEADER, Encoding.HTTP_BODY, Encoding.HTTP_CHUNKED, Encoding.DNS_QNAME,
+    Encoding.DNS_ANSWER, Encoding.TLS_SNI, Encoding.TLS_HANDSHAKE, Encoding.COAP_URI,
+    Encoding.COAP_PAYLOAD, Encoding.WEBSOCKET, Encoding.QUIC_INITIAL, Encoding.IPV6_ADDRESS,
+})
+
+
 @dataclass(frozen=True, slots=True)
 class Flow:
     """A flow oriented client -> server (the side that opened it, or sent first)."""

@@ -26,7 +26,9 @@ _PRINTABLE = frozenset(range(0x20, 0x7F))
 
 
 class Redactor:
-    """Replaces every form of the given identifiers in text with `‹kind[slot]›`."""
+    """Replaces every form of the given identifiers in text with `‹kind[slot]›`.
+
+    Use one in one thread only: its compiled matcher's scratch space is the thread's own."""
 
     def __init__(self, identifiers: IdentifierSet | None, guesses: Iterable[tuple[str, str]] = ()) -> None:
         values = {k: list(v) for k, v in (identifiers.values.items() if identifiers else ())}

@@ -45,7 +45,7 @@ from harness.analyzer.matcher import (
     Trigger,
     find_digit_runs,
 )
-from harness.analyzer.model import Encoding, Hit
+from harness.analyzer.model import LOCATIONS, Encoding, Hit
 
 MAX_DEPTH = 6  # layers below the wire bytes: enough for gzip(base64(json-escape(base64(hex))))
 MAX_INFLATE = 32 << 20  # one decompression never yields more than this
@@ -54,13 +54,6 @@ SEP = b"\xff\x00\xff\x00"  # between pieces: in no alphabet, not a digit/letter,
 # flags of a piece
 NO_BINARY_MAC = 1  # DHCP / ICMPv6 carry the MAC's octets by design: not a leak there
 DNS_NAME = 2  # text of DNS labels: also try base32 (DNS is case-insensitive, base64 rarely fits)
-
-LOCATIONS = frozenset({
-    Encoding.TCP_PAYLOAD, Encoding.UDP_PAYLOAD, Encoding.IP_PAYLOAD, Encoding.HTTP_REQUEST_LINE,
-    Encoding.HTTP_HEADER, Encoding.HTTP_BODY, Encoding.HTTP_CHUNKED, Encoding.DNS_QNAME,
-    Encoding.DNS_ANSWER, Encoding.TLS_SNI, Encoding.TLS_HANDSHAKE, Encoding.COAP_URI,
-    Encoding.COAP_PAYLOAD, Encoding.WEBSOCKET, Encoding.QUIC_INITIAL,
-})
 
 _B64_RUN = re.compile(rb"[A-Za-z0-9+/_\-]+={0,2}")
 _B64_WRAPPED = re.compile(rb"(?:[A-Za-z0-9+/]{4,}\r?\n)+[A-Za-z0-9+/]*={0,2}")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 import zlib
+from bisect import bisect_right
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +35,8 @@ _OPCODES = frozenset({0, 1, 2, 8, 9, 10})  # continuation, text, binary, close, 
 DEFLATE_TAIL = b"\x00\x00\xff\xff"  # stripped from each compressed message by the sender (RFC 7692 7.2.1)
 HEAD_MAX = 8192  # an Upgrade request or 101 response is in a direction's first bytes
 MAX_MESSAGE = 1 << 20
+MAX_DIRECTIONS = 4096  # ws:// directions followed at once (the oldest is let go)
+MAX_DRAIN = 256 << 20  # inflated bytes past MAX_INFLATE thrown away to keep a direction's window
 CARRY = 256  # bytes of a message read in one unit scanned again with its rest in the next
 
 
@@ -66,7 +69,7 @@ class _Message:
     masked: bool
     parts: list[bytes] = field(default_factory=list)
     size: int = 0
-    frames: list[tuple[int, float]] = field(default_factory=list)  # (capture frame, time) that carried it
+    frames: list[tuple[int, int, float]] = field(default_factory=list)  # (offset in parts, capture frame, time)
     count: int = 0  # WebSocket frames
     carry: bytes = b""  # the end of what was read of it in an earlier unit: a match may cross there
 
@@ -81,16 +84,20 @@ class _Direction:
     fin: bool = False
     control: bool = False
     message: _Message | None = None
-    inflater: Any = None  # created at the first compressed message; None again once its window is lost
+    inflater: Any = None  # created at the first compressed message; False once its window is lost
+    control_parts: bytes = b""  # a control frame's payload (125 bytes at most), perhaps cut by a unit's end
+    control_frames: list[tuple[int, int, float]] = field(default_factory=list)
+    closing: bool = False  # the current control frame is a close
     lost: bool = False
+    closed: bool = False
 
 
 @dataclass(slots=True)
 class _Done:
     """Messages completed in one unit: payloads, and per payload the frames that carried it."""
 
-    plain: list[tuple[bytes, list[tuple[int, float]]]] = field(default_factory=list)
-    inflated: list[tuple[bytes, list[tuple[int, float]]]] = field(default_factory=list)
+    plain: list[tuple[bytes, list[tuple[int, int, float]]]] = field(default_factory=list)
+    inflated: list[tuple[bytes, list[tuple[int, int, float]]]] = field(default_factory=list)
 
 
 class WebSocketReader:
@@ -105,22 +112,27 @@ class WebSocketReader:
             return
         key = (unit.flow, unit.from_client)
         state = self._dirs.get(key)
+        if state is not None and (unit.gap_before or unit.stream_offset == 0):
+            del self._dirs[key]  # bytes were lost (no frame boundary is known), or a new connection
+            state = None
         if state is None:
             if unit.stream_offset or unit.gap_before:
                 return
             start = frames_start(unit.data)
             if start < 0:
                 return
+            if len(self._dirs) >= MAX_DIRECTIONS:
+                del self._dirs[next(iter(self._dirs))]
             state = self._dirs[key] = _Direction(start)
         rel = state.pos - unit.stream_offset  # where this unit's bytes not parsed yet start
         if rel < 0:
             del self._dirs[key]  # it starts past them: bytes were lost, where frames start is not known
             return
         if rel >= len(unit.data):
-            return  # nothing new (a conflicting retransmission of bytes already parsed)
+            return  # nothing new (a window's overlap only)
         done = _Done()
         self._parse(state, unit, rel, done)
-        if state.lost:
+        if state.lost or state.closed:
             del self._dirs[key]
         yield from _units(unit, done)
 
@@ -175,8 +187,12 @@ class WebSocketReader:
         state.head = b""
         state.key = head[need - 4 : need] if b1 & 0x80 else b""
         state.left, state.phase, state.fin, state.control = length, 0, bool(b0 & 0x80), opcode >= 8
-        if opcode in (1, 2):  # a new message (a previous one left open was read as far as it went)
+        if opcode in (1, 2):  # a new message
+            if state.message is not None and state.message.parts:  # one left open: what there was of it
+                self._emit(state, state.message, done, final=False)
             state.message = _Message(bool(b0 & 0x40), bool(b1 & 0x80))
+        elif opcode >= 8:
+            state.control_parts, state.control_frames, state.closing = b"", [], opcode == 8
         elif opcode == 0 and state.message is None:  # a continuation of what the capture missed
             state.message = _Message(False, bool(b1 & 0x80))
         if state.message is not None and not state.control:
@@ -188,13 +204,12 @@ class WebSocketReader:
     def _payload(self, state: _Direction, unit: StreamUnit, pos: int, payload: bytes, done: _Done) -> None:
         message = state.message
         if state.control:  # close reasons, pings: one frame, at most 125 bytes
-            if payload and state.key:
-                done.plain.append((payload, [(unit.frames_between(pos, pos + len(payload))[0], unit.time_at(pos))]))
+            _carriers(unit, pos, len(payload), len(state.control_parts), state.control_frames)
+            state.control_parts += payload
             return
         if message is None:
             return
-        carried = [(frame, unit.time_at(pos)) for frame in unit.frames_between(pos, pos + max(1, len(payload)))]
-        message.frames += [f for f in carried if f not in message.frames]
+        _carriers(unit, pos, len(payload), message.size, message.frames)
         room = MAX_MESSAGE - message.size
         if len(payload) > room:
             self.undecoded += 1
@@ -206,6 +221,9 @@ class WebSocketReader:
     def _frame_end(self, state: _Direction, done: _Done) -> None:
         if state.control:
             state.control = False
+            if state.control_parts and state.key:  # a client's close reason or ping text, unmasked
+                done.plain.append((state.control_parts, state.control_frames))
+            state.closed = state.closing
             return
         message = state.message
         if state.fin and message is not None:
@@ -222,7 +240,8 @@ class WebSocketReader:
         message.frames.clear()
         if not message.compressed:
             if message.masked or message.count > 1 or not final or message.carry:
-                done.plain.append((message.carry + payload, frames))
+                shift = len(message.carry)
+                done.plain.append((message.carry + payload, [(at + shift, f, t) for at, f, t in frames]))
             message.carry = b"" if final else payload[-CARRY:]
             return
         if state.inflater is None:
@@ -230,35 +249,57 @@ class WebSocketReader:
         if state.inflater is False:  # the window was lost: nothing after it inflates
             self.undecoded += 1
             return
-        out, whole = _inflate(state.inflater, payload + (DEFLATE_TAIL if final else b""), MAX_INFLATE)
+        out, usable, cut = _inflate(state.inflater, payload + (DEFLATE_TAIL if final else b""), MAX_INFLATE)
+        self.undecoded += cut or not usable
         if out:
-            done.inflated.append((message.carry + out, frames))
+            shift, scale = len(message.carry), len(out) / max(len(payload), 1)
+            done.inflated.append((message.carry + out, [(shift + int(at * scale), f, t) for at, f, t in frames]))
             message.carry = b"" if final else out[-CARRY:]
-        if not whole:
-            self.undecoded += 1
+        if not usable:
             state.inflater = False
         elif state.inflater.eof:  # the sender ended its deflate stream: the next one starts anew
             state.inflater = None
 
 
-def _inflate(inflater: Any, data: bytes, limit: int) -> tuple[bytes, bool]:
-    """(output, the inflater is still usable): fed in slices, so damage keeps what came before it."""
+def _inflate(inflater: Any, data: bytes, limit: int) -> tuple[bytes, bool, bool]:
+    """(output up to `limit`, the inflater is still usable, output was thrown away).
+
+    Fed in slices, so damage keeps what came before it; past `limit` the output is inflated and
+    thrown away (up to MAX_DRAIN), so that the direction's window survives a huge message."""
     out: list[bytes] = []
-    produced = 0
+    produced = drained = 0
     try:
         for pos in range(0, len(data), 1 << 14):
-            part = inflater.decompress(data[pos : pos + (1 << 14)], max(1, limit - produced))
-            out.append(part)
-            produced += len(part)
-            if inflater.unconsumed_tail or produced >= limit:
-                return b"".join(out), False
+            chunk = data[pos : pos + (1 << 14)]
+            while chunk:
+                room = limit - produced
+                part = inflater.decompress(chunk, room if room > 0 else 1 << 20)
+                if room > 0:
+                    out.append(part)
+                    produced += len(part)
+                else:
+                    drained += len(part)
+                    if drained > MAX_DRAIN:
+                        return b"".join(out), False, True
+                chunk = inflater.unconsumed_tail
     except zlib.error:
-        return b"".join(out), False
-    return b"".join(out), True
+        return b"".join(out), False, drained > 0
+    return b"".join(out), True, drained > 0
+
+
+def _carriers(unit: StreamUnit, pos: int, size: int, base: int, into: list[tuple[int, int, float]]) -> None:
+    """Append (offset in the message, frame, time) for each capture frame that carried
+    unit.data[pos:pos + size], the message having `base` bytes before it."""
+    offsets = unit.frame_offsets
+    i = max(bisect_right(offsets, pos) - 1, 0)
+    while i < len(offsets) and (offsets[i] <= pos or offsets[i] < pos + size):
+        if not into or into[-1][1] != unit.frames[i]:
+            into.append((base + max(0, offsets[i] - pos), unit.frames[i], unit.times[i]))
+        i += 1
 
 
 def _units(source: StreamUnit, done: _Done) -> Iterator[StreamUnit]:
-    kinds: tuple[tuple[list[tuple[bytes, list[tuple[int, float]]]], tuple[str, ...]], ...] = (
+    kinds: tuple[tuple[list[tuple[bytes, list[tuple[int, int, float]]]], tuple[str, ...]], ...] = (
         (done.plain, ()), (done.inflated, (Encoding.DEFLATE,)))
     for messages, steps in kinds:
         if not messages:
@@ -273,8 +314,8 @@ def _units(source: StreamUnit, done: _Done) -> Iterator[StreamUnit]:
             if data:
                 data += SEP
             start = len(data)
-            for i, (frame, time) in enumerate(carried):  # each frame a position inside its message
-                at = start + min(i, max(len(payload) - 1, 0))
+            for at, frame, time in carried:  # where each capture frame's bytes begin in the message
+                at = start + min(at, max(len(payload) - 1, 0))
                 if offsets and at <= offsets[-1]:
                     at = offsets[-1] + 1
                 offsets.append(at)
