@@ -510,6 +510,58 @@ def test_tcpdump_any_inside_a_namespace(tmp_path: Path, tool: Callable[[str], st
     assert stream.summary.link_types == [link]
 
 
+WEBSOCKET = textwrap.dedent("""
+    import random, socket, sys, threading
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Request, TextMessage
+    from wsproto.extensions import PerMessageDeflate
+    server = socket.create_server(("127.0.0.1", 8081))
+    def serve():
+        conn, _ = server.accept()
+        ws = WSConnection(ConnectionType.SERVER)
+        while data := conn.recv(65536):
+            ws.receive_data(data)
+            for event in ws.events():
+                if isinstance(event, Request):
+                    conn.sendall(ws.send(AcceptConnection(extensions=[PerMessageDeflate()])))
+                elif isinstance(event, CloseConnection):
+                    conn.sendall(ws.send(event.response()))
+        conn.close()
+    thread = threading.Thread(target=serve)
+    thread.start()
+    client = socket.create_connection(("127.0.0.1", 8081))
+    ws = WSConnection(ConnectionType.CLIENT)
+    client.sendall(ws.send(Request(host="push.example.com", target="/ws", extensions=[PerMessageDeflate()])))
+    ws.receive_data(client.recv(65536))
+    list(ws.events())
+    noise = random.Random(1)
+    for _ in range(100):  # 1.6 MB of incompressible messages first: the flow layer cuts the stream
+        client.sendall(ws.send(BytesMessage(noise.randbytes(16000))))
+    client.sendall(ws.send(TextMessage('{"IMEI1":"%s"}' % sys.argv[1])))
+    client.sendall(ws.send(CloseConnection(code=1000)))
+    ws.receive_data(client.recv(65536))
+    client.close()
+    thread.join(10)
+""")
+
+
+def test_tcpdump_of_a_real_websocket_channel(tmp_path: Path, tool: Callable[[str], str], netns_available: None) -> None:
+    """A ws:// channel between real sockets (wsproto over loopback in a namespace), permessage-
+    deflate on: the IMEI in a message past the first MiB is found, masked and compressed as sent."""
+    from harness.analyzer import analyze
+    from harness.identifiers import IdentifierSet
+
+    imei = "358240051111110"
+    path = tmp_path / "ws.pcap"
+    with namespace() as ns, tcpdump(["ip", "netns", "exec", ns, tool("tcpdump"), "-i", "lo", "tcp port 8081"], path):
+        done = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", WEBSOCKET, imei],
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 0, done.stderr
+    assert imei.encode() not in path.read_bytes()
+    report = analyze(path, IdentifierSet.from_mapping({"imei": [imei]}, "test"))
+    assert [f.encoding[:2] for f in report.findings if f.identifier == "imei"] == [["websocket", "deflate"]]
+
+
 TAGGED = textwrap.dedent("""
     import sys
     from scapy.all import Dot1AD, Dot1Q, Ether, IP, TCP, UDP, sendp
