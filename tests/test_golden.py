@@ -395,6 +395,17 @@ def test_websocket_messages_past_the_first_window(tmp_path: Path) -> None:
     assert max(found[0].frames) == max(frames)
 
 
+def test_each_websocket_message_with_the_identifier_is_a_finding(tmp_path: Path) -> None:
+    """The same identifier sent again later on the same channel is another place it went out."""
+    hello, first, _reply = ws_exchange(_doc("imei", IDS["imei"][0]), deflate=False, split=False)
+    _, again, _ = ws_exchange(_doc("imei", IDS["imei"][0]), deflate=False, split=False)
+    cap = Capture()
+    frames = cap.tcp(41950, 80, hello + first + again, segments=6, shuffle=False)
+    report = analyze_capture(cap.write(tmp_path / "twice.pcap"), IDS)
+    found = sorted(f.frames for f in report.findings if f.identifier == "imei" and f.slot == 1)
+    assert len(found) == 2 and found[0] != found[1] and set(found[0] + found[1]) <= frames
+
+
 def test_golden_2019_incident(tmp_path: Path) -> None:
     """The Nokia 7 Plus capture: DNS, then POST / of Base64 (76 columns) JSON, over several segments."""
     ids = IDS

@@ -97,7 +97,8 @@ class _Collector:
     answer_flows: dict[str, tuple[Flow, int, float]] = field(default_factory=dict)  # name -> first answer
     apps: dict[Flow, str] = field(default_factory=dict)
     undecoded: int = 0
-    reported: set[tuple[object, ...]] = field(default_factory=set)  # (flow, direction, identifier, transforms)
+    # (flow, direction, identifier, transforms) -> the frames that showed it
+    reported: dict[tuple[object, ...], set[int]] = field(default_factory=dict)
 
     def feed(self, unit: StreamUnit, hits: list[Hit], contacts: list[Contact],
              dns_answers: dict[str, set[str]], undecoded: int) -> None:
@@ -112,11 +113,15 @@ class _Collector:
                 continue
             what = (flow, unit.from_client, hit.kind, hit.slot, hit.value,
                     tuple(step for step in hit.encoding if step not in LOCATIONS))
-            if unit.location is not None and what in self.reported:
-                continue  # joined from several packets: what the packets showed was reported from them
-            self.reported.add(what)
-            key = (flow, unit.from_client, hit.kind, hit.slot, hit.value, hit.encoding,
-                   unit.stream_offset + hit.start)
+            shown = self.reported.setdefault(what, set())
+            if unit.location is not None:  # joined from several packets: what they showed, they reported
+                if shown.intersection(frames):
+                    continue
+                where: object = tuple(frames)
+            else:
+                where = unit.stream_offset + hit.start
+            shown.update(frames)
+            key = (flow, unit.from_client, hit.kind, hit.slot, hit.value, hit.encoding, where)
             if key not in self.plain:
                 time = unit.time_at(hit.start) if unit.times else 0.0
                 self.plain[key] = _Plain(hit, flow, frames, time, unit.app)
