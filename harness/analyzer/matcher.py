@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
+from harness.analyzer.addresses import eui64
 from harness.analyzer.model import Encoding
 from harness.identifiers import IdentifierSet, Kind
 
@@ -357,7 +358,7 @@ def _texts(kind: Kind, value: str) -> tuple[list[_Text], list[str], list[tuple[s
         hashed += shapes + [s.upper() for s in shapes]
         binary.append(bytes.fromhex(hx))
         # as the last three groups of an IPv6 address made from it (EUI-64), compact and padded
-        iid = f"{int(pairs[0], 16) ^ 2:02x}{pairs[1]}{pairs[2]}fffe{pairs[3]}{pairs[4]}{pairs[5]}"
+        iid = f"{eui64(hx):016x}"
         groups = [iid[i : i + 4] for i in range(4, 16, 4)]
         for text in dict.fromkeys((":".join(g.lstrip("0") or "0" for g in groups), ":".join(groups))):
             texts.append(_Text(text, True, (Encoding.EUI64,), Boundary.HEX))
